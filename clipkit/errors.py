@@ -1,0 +1,168 @@
+"""The exception hierarchy: every error clipkit raises on purpose is one of these.
+
+Each class says *what kind* of thing went wrong; each message says what exactly and
+what to do next. Several classes also derive from the builtin exception a caller
+would naturally catch (``FileNotFoundError``, ``ValueError``, ``ConnectionError``)
+so code written against plain Python keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+class ClipkitError(Exception):
+    """Base class of every error clipkit raises deliberately."""
+
+
+# -- configuration and arguments ------------------------------------------------
+
+
+class ConfigurationError(ClipkitError, ValueError):
+    """An argument or setting is invalid (a malformed digest, an unknown device, a bad override)."""
+
+
+class UnknownModelError(ClipkitError, KeyError):
+    """A name is neither a registered model, nor a path that exists, nor a URL."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+# -- plugins ----------------------------------------------------------------------
+
+
+class PluginError(ClipkitError):
+    """A plugin failed to import, or raised inside a hook.
+
+    ``plugin`` is the plugin's name and ``hook`` the hook it failed in (``None``
+    when it failed to import).
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None, hook: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.hook = hook
+
+
+# -- reading checkpoints --------------------------------------------------------------
+
+
+class CheckpointError(ClipkitError):
+    """A file could not be read as a checkpoint (empty, truncated, or not a checkpoint at all)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A local checkpoint path does not exist."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle inside the checkpoint asks for code clipkit refuses to run.
+
+    ``globals`` lists the ``module.name`` references the file asked for.
+    """
+
+    def __init__(self, message: str, *, globals: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.globals = tuple(globals)
+
+
+# -- architecture detection and weights --------------------------------------------------
+
+
+class ArchitectureError(ClipkitError):
+    """No plugin, or more than one, recognised a state dict."""
+
+
+class NoClaimantError(ArchitectureError):
+    """Every plugin was asked and none recognised the state dict."""
+
+
+class AmbiguousArchitectureError(ArchitectureError):
+    """More than one plugin claimed the same state dict. ``claimants`` names them."""
+
+    def __init__(self, message: str, *, claimants: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.claimants = tuple(claimants)
+
+
+class StateDictError(ClipkitError):
+    """A state dict does not fit the model built for it.
+
+    ``missing``, ``unexpected`` and ``mismatched`` (``(key, expected_shape,
+    found_shape)`` triples) list the offending keys.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Iterable[str] = (),
+        unexpected: Iterable[str] = (),
+        mismatched: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+        self.mismatched = tuple(mismatched)
+
+
+# -- TorchScript ----------------------------------------------------------------------
+
+
+class JITError(ClipkitError):
+    """A TorchScript request cannot be served (``jit=True`` on a plain state dict, a non-CLIP archive)."""
+
+
+# -- fetching -------------------------------------------------------------------------
+
+
+class FetchError(ClipkitError, ConnectionError):
+    """A remote checkpoint could not be fetched. ``source`` names it."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class SourceNotFoundError(FetchError):
+    """The remote server says the object does not exist (HTTP 404, missing S3 key)."""
+
+
+class AccessDeniedError(FetchError):
+    """The remote server refused access (HTTP 401/403, S3 AccessDenied)."""
+
+
+class OfflineError(FetchError):
+    """``CLIPKIT_OFFLINE`` is set and the checkpoint is not in the cache."""
+
+
+class ChecksumError(ClipkitError):
+    """A file's SHA-256 does not match the expected digest. Nothing is left in the cache."""
+
+    def __init__(self, message: str, *, source: str, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.source = source
+        self.expected = expected
+        self.actual = actual
+
+
+__all__ = [
+    "AccessDeniedError",
+    "AmbiguousArchitectureError",
+    "ArchitectureError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChecksumError",
+    "ClipkitError",
+    "ConfigurationError",
+    "FetchError",
+    "JITError",
+    "NoClaimantError",
+    "OfflineError",
+    "PluginError",
+    "SourceNotFoundError",
+    "StateDictError",
+    "UnknownModelError",
+    "UnsafeCheckpointError",
+]

@@ -1,0 +1,103 @@
+"""Every hook a clipkit plugin may implement, with its contract.
+
+Plugins implement hooks with ``@clipkit.hookimpl`` on plain module-level
+functions (or methods of an object they register). pluggy passes arguments by
+name, so an implementation may accept any subset of a hook's arguments, but the
+names must be exactly these.
+
+The pipeline calls them in this order::
+
+    register_models()                      -> names for clipkit.load("ViT-B/32")
+    fetch_checkpoint(source, cache_dir, sha256, storage_options)   -> local path
+    detect_architecture(state_dict, path)  -> ArchSpec (exactly one claimant)
+    build_model(spec)                      -> nn.Module on the meta device
+    make_transform(spec)                   -> PIL image -> tensor
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipkit.spec import ArchSpec, ModelSource
+
+PROJECT = "clipkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_models() -> Mapping[str, ModelSource] | None:
+    """Name the checkpoints this plugin knows, as ``{name: ModelSource}``.
+
+    Called once, the first time names are needed (``clipkit.available_models()``
+    or ``clipkit.load`` with a name). Every plugin's answer is merged; a name
+    offered by two plugins is a ``PluginError`` naming both. Return ``None`` or
+    an empty mapping to register nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def fetch_checkpoint(
+    source: str, cache_dir: Path, sha256: str | None, storage_options: Mapping[str, Any]
+) -> str | Path | None:
+    """Make ``source`` available as a local file and return its path.
+
+    Called for every source that is not an existing local path: URLs
+    (``https://``, ``s3://``, ``file://``, any fsspec protocol). ``cache_dir``
+    is where downloads belong; ``sha256`` is the expected lower-case hex digest
+    or ``None`` when the caller gave none (the fetcher may still find one in the
+    URL). ``storage_options`` are the caller's fsspec options (credentials,
+    endpoint) to pass to the filesystem. Verify the digest before returning,
+    raising ``clipkit.errors.ChecksumError`` on a mismatch. Return ``None`` for
+    "not my scheme": the next plugin is asked. The first non-``None`` answer wins.
+    """
+
+
+@hookspec
+def detect_architecture(state_dict: Mapping[str, torch.Tensor], path: Path | None) -> ArchSpec | None:
+    """Recognise a state dict as this plugin's architecture and describe it.
+
+    Called once per checkpoint with its tensors (possibly on the meta device or
+    memory-mapped: read ``.shape`` and keys, not values, unless you must) and
+    the local ``path`` it was read from (a file or a directory, ``None`` when the
+    state dict did not come from disk), so a plugin may read side files such as
+    a ``config.json``. Return an ``ArchSpec`` (a frozen attrs subclass) with
+    every hyperparameter inferred from shapes, or ``None`` for "not mine".
+    Every plugin is asked: exactly one may claim. None claiming raises
+    ``NoClaimantError``; two claiming raises ``AmbiguousArchitectureError``
+    naming both. Claim only by your own key/shape signature.
+    """
+
+
+@hookspec(firstresult=True)
+def build_model(spec: ArchSpec) -> torch.nn.Module | None:
+    """Build the model ``spec`` describes, or return ``None`` for "not my family".
+
+    Called once, inside ``torch.device("meta")``: construct the module (no
+    weights are initialised or allocated); the core then loads the checkpoint
+    into it with ``load_state_dict(strict=True, assign=True)``. The module must
+    provide ``encode_image(images)``, ``encode_text(tokens)`` and
+    ``forward(images, tokens) -> (logits_per_image, logits_per_text)``. Its
+    ``state_dict`` keys must match the checkpoint's (remap in a
+    ``load_state_dict`` pre-hook if the file's layout differs). The first
+    non-``None`` answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def make_transform(spec: ArchSpec) -> Callable[[Any], torch.Tensor] | None:
+    """Return the image preprocessing for ``spec``: a callable from a PIL image to a CHW float tensor.
+
+    Called once per load. Return ``None`` to leave it to the next plugin. The
+    built-in default (resize bicubic, center crop to ``spec.image_resolution``,
+    RGB, to tensor, normalise with CLIP's mean/std) is ``trylast``, so any
+    plugin's answer comes first. The first non-``None`` answer wins.
+    """

@@ -1,0 +1,67 @@
+"""Plain data that crosses module boundaries: ``ArchSpec`` and ``ModelSource``.
+
+An ``ArchSpec`` is everything a plugin needs to build a model and its transform,
+inferred from a checkpoint without building anything. Plugins subclass it with
+their own fields; every spec is an attrs frozen class, so it is hashable,
+comparable, and its ``repr`` is valid Python that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from clipkit.errors import ConfigurationError
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a positive int, got {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ArchSpec:
+    """The architecture of one checkpoint: which family builds it and at what input size.
+
+    ``family`` names the plugin family that understands the spec (``"vit"``,
+    ``"resnet"``, or a third party's own); ``image_resolution`` is the square side
+    in pixels that the image encoder expects. Plugins subclass this with every
+    hyperparameter they infer, keeping the class frozen and keyword-only.
+    """
+
+    family: str
+    image_resolution: int = attrs.field(validator=_positive)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec's fields as a plain dict (tuples stay tuples), for printing and JSON."""
+        return attrs.asdict(self, retain_collection_types=True)
+
+
+def check_sha256(digest: str | None, *, what: str = "sha256") -> str | None:
+    """Return ``digest`` normalised to lower-case hex, or raise ``ConfigurationError`` if it is not 64 hex digits."""
+    if digest is None:
+        return None
+    if not isinstance(digest, str) or not _SHA256.match(digest.strip().lower()):
+        raise ConfigurationError(
+            f"{what} must be 64 hexadecimal characters (a SHA-256 digest), got {digest!r}"
+        )
+    return digest.strip().lower()
+
+
+@attrs.frozen(kw_only=True)
+class ModelSource:
+    """Where a named model's checkpoint lives: a URL and, optionally, its SHA-256 digest.
+
+    Returned by ``register_models`` implementations. The weights are data, not code:
+    nothing here says how to build the model; the checkpoint's own shapes do.
+    """
+
+    url: str
+    sha256: str | None = attrs.field(default=None, converter=check_sha256)
+    description: str = ""
