@@ -1,0 +1,7 @@
+"""``python -m clipkit`` runs the ``clipkit`` command."""
+
+import sys
+
+from clipkit.cli import main
+
+sys.exit(main())

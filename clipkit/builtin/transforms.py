@@ -1,0 +1,40 @@
+"""The default image preprocessing for any spec: CLIP's resize, crop and normalisation at the spec's resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+from clipkit.hookspecs import hookimpl
+from clipkit.spec import ArchSpec
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _to_rgb(image: Any) -> Any:
+    return image.convert("RGB")
+
+
+def clip_transform(resolution: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> Compose:
+    """Return CLIP's preprocessing at ``resolution``: bicubic resize of the short side, center crop, RGB, tensor, normalise.
+
+    The same steps and constants as the reference ``clip.load``'s transform, so
+    a PIL image gives the same tensor.
+    """
+    return Compose(
+        [
+            Resize(resolution, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(resolution),
+            _to_rgb,
+            ToTensor(),
+            Normalize(mean, std),
+        ]
+    )
+
+
+@hookimpl(trylast=True)
+def make_transform(spec: ArchSpec) -> Compose:
+    """Serve every spec that no other plugin gave a transform for."""
+    return clip_transform(spec.image_resolution)

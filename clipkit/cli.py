@@ -1,0 +1,128 @@
+"""The ``clipkit`` command: list models and plugins, inspect, fetch, load and export checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from clipkit.errors import ClipkitError
+
+
+def _common_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a model name, a local path, or a URL (https://, s3://, file://, ...)")
+    parser.add_argument("--download-root", help="cache directory (default: $CLIPKIT_CACHE or ~/.cache/clip)")
+    parser.add_argument("--sha256", help="expected SHA-256 of the checkpoint file")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from clipkit.loader import registered_models
+
+    for name, source in registered_models().items():
+        print(f"{name}\t{source.url}" if args.urls else name)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from clipkit.loader import inspect
+
+    spec = inspect(args.source, download_root=args.download_root, sha256=args.sha256)
+    if args.json:
+        print(json.dumps({"class": type(spec).__name__, **spec.to_dict()}, indent=2))
+    else:
+        print(repr(spec))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from clipkit.plugins import get_registry
+
+    infos = get_registry().infos()
+    if args.json:
+        print(json.dumps([{"name": i.name, "origin": i.origin, "hooks": list(i.hooks), "error": i.error} for i in infos], indent=2))
+        return 0
+    for info in infos:
+        if info.error:
+            print(f"{info.name}  [{info.origin}]  FAILED: {info.error}")
+        else:
+            print(f"{info.name}  [{info.origin}]  {', '.join(info.hooks)}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from clipkit.loader import resolve_source
+
+    path = resolve_source(args.source, download_root=args.download_root, sha256=args.sha256)
+    print(path)
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipkit.loader import load
+
+    start = time.perf_counter()
+    model, preprocess = load(args.source, device=args.device, jit=args.jit, download_root=args.download_root,
+                             sha256=args.sha256)
+    elapsed = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters())
+    first = next(model.parameters())
+    print(f"loaded {args.source} in {elapsed:.2f}s: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
+          f"{first.dtype} on {first.device}, input resolution {model.visual.input_resolution}")
+    with torch.no_grad():
+        from clipkit.tokenizer import tokenize
+
+        tokens = tokenize(["a photo of a cat"], context_length=int(model.context_length)).to(first.device)
+        text = model.encode_text(tokens)
+    print(f"text embedding: shape {tuple(text.shape)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``clipkit`` and its subcommands."""
+    parser = argparse.ArgumentParser(prog="clipkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the model names clipkit.load accepts")
+    p.add_argument("--urls", action="store_true", help="also print each model's URL")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("inspect", help="print the architecture (ArchSpec) of a checkpoint without building it")
+    _common_source_args(p)
+    p.add_argument("--json", action="store_true", help="print the spec as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("plugins", help="list registered plugins, where they came from, and their hooks")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("fetch", help="download and verify a checkpoint into the cache; print its path")
+    _common_source_args(p)
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("load", help="load a checkpoint, report what was built, and embed a test sentence")
+    _common_source_args(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    p.add_argument("--jit", action="store_true", help="run the TorchScript archive itself")
+    p.set_defaults(func=_cmd_load)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``clipkit`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    clipkit's own errors print one clear line on stderr and exit with status 2.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClipkitError as exc:
+        print(f"clipkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

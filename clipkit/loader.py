@@ -1,0 +1,379 @@
+"""The pipeline: source -> local file -> state dict -> ArchSpec -> model on device, plus its preprocessing.
+
+Each step is one call; every decision about a family is a hook call, so the
+core never names ResNet or ViT.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from clipkit import checkpoint
+from clipkit.errors import (
+    AmbiguousArchitectureError,
+    CheckpointNotFoundError,
+    ConfigurationError,
+    NoClaimantError,
+    PluginError,
+    StateDictError,
+    UnknownModelError,
+)
+from clipkit.plugins import PluginRegistry, get_registry
+from clipkit.spec import ArchSpec, ModelSource, check_sha256
+
+DEFAULT_CACHE = Path("~/.cache/clip")
+
+
+# -- names and sources ------------------------------------------------------------------
+
+
+def registered_models(registry: PluginRegistry | None = None) -> dict[str, ModelSource]:
+    """Every name offered by a ``register_models`` plugin, in registration order.
+
+    Raises ``PluginError`` when two plugins register the same name.
+    """
+    registry = registry or get_registry()
+    answers, _ = registry.call_all("register_models")
+    merged: dict[str, ModelSource] = {}
+    owner: dict[str, str] = {}
+    for plugin_name, models in answers:
+        for name, source in dict(models).items():
+            if name in merged:
+                raise PluginError(
+                    f"model name {name!r} is registered by both {owner[name]!r} and {plugin_name!r}; "
+                    "uninstall one of the plugins or rename the model",
+                    plugin=plugin_name,
+                    hook="register_models",
+                )
+            if not isinstance(source, ModelSource):
+                raise PluginError(
+                    f"plugin {plugin_name!r} registered {name!r} as {type(source).__name__}, "
+                    "expected clipkit.ModelSource",
+                    plugin=plugin_name,
+                    hook="register_models",
+                )
+            merged[name] = source
+            owner[name] = plugin_name
+    return merged
+
+
+def available_models() -> list[str]:
+    """The names ``clipkit.load`` accepts: the nine official releases plus any a plugin registers."""
+    return list(registered_models())
+
+
+def cache_dir(download_root: str | os.PathLike[str] | None = None) -> Path:
+    """Where downloads go: ``download_root``, else ``$CLIPKIT_CACHE``, else ``~/.cache/clip`` (the reference's)."""
+    chosen = download_root or os.environ.get("CLIPKIT_CACHE") or DEFAULT_CACHE
+    return Path(chosen).expanduser()
+
+
+def resolve_source(
+    source: str | os.PathLike[str],
+    *,
+    download_root: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    registry: PluginRegistry | None = None,
+) -> Path:
+    """Turn ``source`` into a local checkpoint path, fetching it if needed.
+
+    A registered name resolves to its URL and digest; an existing local path is
+    used in place (its digest checked when one is given); anything else goes to
+    the ``fetch_checkpoint`` plugins. Raises ``UnknownModelError`` for a name
+    that is none of these and ``CheckpointNotFoundError`` for a missing path.
+    """
+    registry = registry or get_registry()
+    sha256 = check_sha256(sha256)
+    text = os.fspath(source)
+    if not isinstance(source, os.PathLike):
+        models = registered_models(registry)
+        if text in models:
+            entry = models[text]
+            return _fetch(entry.url, sha256 or entry.sha256, download_root, storage_options, registry)
+    local = Path(text).expanduser()
+    if "://" not in text and "::" not in text:
+        if local.exists():
+            if sha256 is not None:
+                from clipkit.fetching import verify_file
+
+                verify_file(local, sha256, source=text)
+            return local
+        if isinstance(source, os.PathLike) or os.sep in text or local.suffix:
+            raise CheckpointNotFoundError(f"checkpoint not found: {local}")
+        names = ", ".join(registered_models(registry))
+        raise UnknownModelError(
+            f"{text!r} is not a registered model name, an existing path or a URL. Available models: {names}"
+        )
+    return _fetch(text, sha256, download_root, storage_options, registry)
+
+
+def _fetch(
+    url: str,
+    sha256: str | None,
+    download_root: str | os.PathLike[str] | None,
+    storage_options: Mapping[str, Any] | None,
+    registry: PluginRegistry,
+) -> Path:
+    target_dir = cache_dir(download_root)
+    result = registry.call_first(
+        "fetch_checkpoint",
+        source=url,
+        cache_dir=target_dir,
+        sha256=sha256,
+        storage_options=dict(storage_options or {}),
+    )
+    if result is None:
+        scheme = url.split("://", 1)[0] if "://" in url else url.split("::", 1)[0]
+        raise ConfigurationError(
+            f"no fetcher handles {url!r} (scheme {scheme!r}); install the fsspec implementation for it "
+            f"or a clipkit plugin that fetches it (fetchers asked: {', '.join(registry.plugin_names('fetch_checkpoint'))})"
+        )
+    return Path(result)
+
+
+# -- architecture ---------------------------------------------------------------------------
+
+
+def detect_architecture(
+    state_dict: Mapping[str, torch.Tensor], path: Path | None = None, *, registry: PluginRegistry | None = None
+) -> ArchSpec:
+    """Ask every plugin whether it recognises ``state_dict``; return the one claimant's ``ArchSpec``.
+
+    Raises ``NoClaimantError`` (listing the plugins asked and what each looks
+    for) or ``AmbiguousArchitectureError`` (naming the claimants).
+    """
+    registry = registry or get_registry()
+    answers, failures = registry.call_all("detect_architecture", state_dict=state_dict, path=path)
+    for plugin_name, spec in answers:
+        if not isinstance(spec, ArchSpec):
+            raise PluginError(
+                f"plugin {plugin_name!r} answered detect_architecture with {type(spec).__name__}; "
+                "it must return a clipkit.ArchSpec subclass or None",
+                plugin=plugin_name,
+                hook="detect_architecture",
+            )
+    if len(answers) > 1:
+        claims = "; ".join(f"{name} -> {spec!r}" for name, spec in answers)
+        raise AmbiguousArchitectureError(
+            f"{len(answers)} plugins claim this checkpoint ({claims}). Uninstall or disable one of them "
+            "(plugins must claim only their own key/shape signature).",
+            claimants=[name for name, _ in answers],
+        )
+    if not answers:
+        asked = "\n".join(
+            f"  - {name}: {registry.plugin_doc(name) or 'no description'}"
+            for name in registry.plugin_names("detect_architecture")
+        )
+        broken = "".join(f"\n  ! {failure}" for failure in failures)
+        sample = ", ".join(list(state_dict)[:6])
+        raise NoClaimantError(
+            f"no plugin recognised this checkpoint{f' ({path})' if path else ''}; its first keys are: {sample}.\n"
+            f"Plugins asked:\n{asked}{broken}\n"
+            "If it is a CLIP variant, install the plugin for its family."
+        )
+    return answers[0][1]
+
+
+def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
+    """Return ``spec`` with fields replaced by ``overrides`` (e.g. ``quick_gelu=False``), validated by the spec class."""
+    if not overrides:
+        return spec
+    fields = attrs.fields_dict(type(spec))
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(unknown)} for a {type(spec).__name__}; "
+            f"the spec's fields are: {', '.join(fields)}"
+        )
+    return attrs.evolve(spec, **overrides)
+
+
+def build_model(spec: ArchSpec, *, registry: PluginRegistry | None = None) -> torch.nn.Module:
+    """Build the module ``spec`` describes on the meta device (no weights allocated) through ``build_model``."""
+    registry = registry or get_registry()
+    with torch.device("meta"):
+        model = registry.call_first("build_model", spec=spec)
+    if model is None:
+        raise ConfigurationError(
+            f"no plugin builds family {spec.family!r} ({type(spec).__name__}); "
+            f"install the plugin that detected it or check its build_model hook"
+        )
+    if not isinstance(model, torch.nn.Module):
+        raise PluginError(f"build_model returned {type(model).__name__} for {spec.family!r}, not an nn.Module",
+                          hook="build_model")
+    return model
+
+
+def make_transform(spec: ArchSpec, *, registry: PluginRegistry | None = None) -> Callable[[Any], torch.Tensor]:
+    """The image preprocessing for ``spec`` from the first ``make_transform`` plugin that answers."""
+    registry = registry or get_registry()
+    transform = registry.call_first("make_transform", spec=spec)
+    if transform is None:  # only possible when the built-in default was unregistered
+        raise ConfigurationError(f"no plugin makes a transform for family {spec.family!r}")
+    return transform
+
+
+# -- weights, dtype, device -------------------------------------------------------------------
+
+
+def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state_dict`` into the meta-device ``model`` by assignment (no copy), strictly.
+
+    Raises ``StateDictError`` listing missing, unexpected and mis-shaped keys, or
+    any tensor of the model left without a value.
+    """
+    expected = model.state_dict()
+    mismatched = [
+        (key, tuple(expected[key].shape), tuple(value.shape))
+        for key, value in state_dict.items()
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape)
+    ]
+    if not mismatched:
+        try:
+            result = model.load_state_dict(state_dict, strict=False, assign=True)
+        except RuntimeError as exc:  # shapes checked after a plugin's key-remapping pre-hook
+            raise StateDictError(f"the checkpoint does not fit the model: {exc}") from exc
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    else:
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(
+                "wrong shapes: "
+                + ", ".join(f"{k} (model {list(a)}, checkpoint {list(b)})" for k, a, b in mismatched)
+            )
+        raise StateDictError(
+            "the checkpoint does not fit the architecture detected from it; "
+            + "; ".join(parts)
+            + ". The file may be damaged, or a plugin mis-detected it.",
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise StateDictError(
+            f"the model built for this checkpoint has tensors the checkpoint does not provide: {', '.join(left)}; "
+            "the plugin's build_model must create only tensors that are in the state dict",
+            missing=left,
+        )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The target device: ``device`` if given (checked to exist), else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigurationError(f"{device!r} is not a device; use 'cpu', 'cuda', 'cuda:1' or 'mps'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device {device!r} was asked for but CUDA is not available; pass device='cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigurationError(
+            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if resolved.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigurationError(f"device {device!r} was asked for but MPS is not available; pass device='cpu'")
+    return resolved
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """The weights' dtype: ``dtype`` if given, else float16 on CUDA and float32 elsewhere (as the reference)."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigurationError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+    return dtype
+
+
+def place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating tensors to ``dtype`` and move everything to ``device``, one conversion per tensor.
+
+    Modules whose class sets ``keep_fp32 = True`` (normalisation layers that
+    compute in float32, as the reference keeps them) stay in float32.
+    """
+    for module in model.modules():
+        target = torch.float32 if getattr(module, "keep_fp32", False) else dtype
+
+        def convert(t: torch.Tensor, target: torch.dtype = target) -> torch.Tensor:
+            return t.to(device=device, dtype=target if t.is_floating_point() else None)
+
+        module._apply(convert, recurse=False)
+    return model
+
+
+# -- the public calls -------------------------------------------------------------------------------
+
+
+def load(
+    source: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    jit: bool = False,
+    download_root: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    **spec_overrides: Any,
+) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """Load a CLIP checkpoint and return ``(model, preprocess)``, like the reference ``clip.load``.
+
+    ``source`` is a registered name (``clipkit.available_models()``), a local
+    file or directory, or a URL (``file://``, ``https://``, ``s3://``, any
+    fsspec protocol). The model is in eval mode on ``device`` (default: CUDA if
+    available, else CPU) with float16 weights on CUDA and float32 elsewhere
+    unless ``dtype`` says otherwise. ``jit=True`` runs the TorchScript archive
+    itself, its graphs patched for the device. ``download_root`` is the cache
+    directory; ``sha256`` the expected digest; ``storage_options`` go to fsspec.
+    Any other keyword overrides a field of the detected spec that shapes cannot
+    show, e.g. ``quick_gelu=False`` for weights trained with GELU.
+    """
+    target = resolve_device(device)
+    weights_dtype = resolve_dtype(dtype, target)
+    path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options)
+    registry = get_registry()
+    if jit:
+        if spec_overrides:
+            raise ConfigurationError(
+                f"options {', '.join(spec_overrides)} change the architecture and cannot apply to a TorchScript "
+                "archive run as is; pass jit=False"
+            )
+        from clipkit import jit as jit_loader
+
+        model, resolution = jit_loader.load_jit(path, target)
+        return model, make_transform(ArchSpec(family="torchscript", image_resolution=resolution), registry=registry)
+    state_dict = checkpoint.read_state_dict(path)
+    spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
+    model = build_model(spec, registry=registry)
+    load_weights(model, state_dict)
+    place(model, target, weights_dtype)
+    model.eval()
+    return model, make_transform(spec, registry=registry)
+
+
+def inspect(
+    source: str | os.PathLike[str],
+    *,
+    download_root: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ArchSpec:
+    """Detect the architecture of ``source`` without building the model; return its ``ArchSpec``."""
+    path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options)
+    return detect_architecture(checkpoint.read_state_dict(path), path)
