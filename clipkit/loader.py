@@ -42,7 +42,7 @@ def registered_models(registry: PluginRegistry | None = None) -> dict[str, Model
     answers, _ = registry.call_all("register_models")
     merged: dict[str, ModelSource] = {}
     owner: dict[str, str] = {}
-    for plugin_name, models in answers:
+    for plugin_name, models in reversed(answers):  # registration order: built-ins first
         for name, source in dict(models).items():
             if name in merged:
                 raise PluginError(
@@ -105,11 +105,12 @@ def resolve_source(
 
                 verify_file(local, sha256, source=text)
             return local
-        if isinstance(source, os.PathLike) or os.sep in text or local.suffix:
+        looks_like_path = os.sep in text or bool(local.suffix)
+        if isinstance(source, os.PathLike) or (looks_like_path and local.parent.is_dir()):
             raise CheckpointNotFoundError(f"checkpoint not found: {local}")
         names = ", ".join(registered_models(registry))
         raise UnknownModelError(
-            f"{text!r} is not a registered model name, an existing path or a URL. Available models: {names}"
+            f"{text!r} is not a registered model name, an existing file or a URL. Available models: {names}"
         )
     return _fetch(text, sha256, download_root, storage_options, registry)
 
@@ -229,19 +230,19 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor])
     Raises ``StateDictError`` listing missing, unexpected and mis-shaped keys, or
     any tensor of the model left without a value.
     """
-    expected = model.state_dict()
-    mismatched = [
-        (key, tuple(expected[key].shape), tuple(value.shape))
-        for key, value in state_dict.items()
-        if key in expected and tuple(expected[key].shape) != tuple(value.shape)
-    ]
-    if not mismatched:
-        try:
-            result = model.load_state_dict(state_dict, strict=False, assign=True)
-        except RuntimeError as exc:  # shapes checked after a plugin's key-remapping pre-hook
-            raise StateDictError(f"the checkpoint does not fit the model: {exc}") from exc
+    try:
+        result = model.load_state_dict(state_dict, strict=False, assign=True)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    else:
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    except RuntimeError as exc:  # torch reports size mismatches only by raising
+        expected = model.state_dict()
+        mismatched = [
+            (key, tuple(expected[key].shape), tuple(value.shape))
+            for key, value in state_dict.items()
+            if key in expected and tuple(expected[key].shape) != tuple(value.shape)
+        ]
+        if not mismatched:  # the keys were remapped by a plugin's pre-hook: torch's words are all we have
+            raise StateDictError(f"the checkpoint does not fit the model: {exc}") from exc
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected or mismatched:
