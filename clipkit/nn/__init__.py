@@ -1,0 +1,35 @@
+"""Pure-torch CLIP modules in OpenAI's state-dict layout: the text transformer, ViT and modified-ResNet towers.
+
+Nothing here knows about plugins, specs or checkpoint files: these are plain
+``nn.Module`` classes that can be built under ``torch.device("meta")`` and
+filled with ``load_state_dict(state_dict, strict=True, assign=True)``.
+``cast_model`` puts a model in the reference's mixed precision.
+"""
+
+from clipkit.nn.clip import CLIP, METADATA_KEYS
+from clipkit.nn.layers import (
+    LayerNorm,
+    MultiheadSelfAttention,
+    QuickGELU,
+    ResidualAttentionBlock,
+    Transformer,
+    cast_model,
+)
+from clipkit.nn.resnet import AttentionPool2d, BatchNorm2d, Bottleneck, ModifiedResNet
+from clipkit.nn.vit import VisionTransformer
+
+__all__ = [
+    "CLIP",
+    "METADATA_KEYS",
+    "AttentionPool2d",
+    "BatchNorm2d",
+    "Bottleneck",
+    "LayerNorm",
+    "ModifiedResNet",
+    "MultiheadSelfAttention",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "Transformer",
+    "VisionTransformer",
+    "cast_model",
+]

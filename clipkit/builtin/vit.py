@@ -1,0 +1,95 @@
+"""CLIP ViT, OpenAI layout: needs visual.proj, 4-D visual.conv1.weight, visual.class_embedding + text keys token_embedding.weight, positional_embedding, text_projection, ln_final.weight.
+
+Every hyperparameter is read off tensor shapes: the patch size from the patch
+convolution, the resolution from the positional embedding's grid, the depths
+from the numbered blocks. Head counts follow OpenAI's 64-wide convention and
+``quick_gelu`` defaults to True; both can be overridden through
+``clipkit.load(..., vision_heads=..., quick_gelu=False)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from clipkit.builtin import _clip
+from clipkit.builtin.specs import ViTSpec
+from clipkit.errors import StateDictError
+from clipkit.hookspecs import hookimpl
+from clipkit.nn import CLIP, VisionTransformer
+
+SIGNATURE: tuple[str, ...] = ("visual.proj", "visual.conv1.weight", "visual.class_embedding", *_clip.TEXT_SIGNATURE)
+
+
+def _is_vit(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return _clip.has_keys(state_dict, SIGNATURE) and len(state_dict["visual.conv1.weight"].shape) == 4
+
+
+def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec:
+    """Read a ``ViTSpec`` off an OpenAI-layout ViT state dict, raising ``StateDictError`` on inconsistent shapes."""
+    text = _clip.text_tower(state_dict)
+    conv = _clip.shape(state_dict, "visual.conv1.weight")
+    width, channels, patch, patch_w = conv
+    if channels != 3 or patch != patch_w:
+        raise _clip.mismatch(
+            "visual.conv1.weight", conv, (width, 3, patch, patch),
+            "the patch embedding takes 3-channel images with square patches",
+        )
+    _clip.expect(state_dict, "visual.class_embedding", (width,), f"visual.conv1.weight {conv} gives width {width}")
+    grid = _clip.square_side(state_dict, "visual.positional_embedding", width, "patches")
+    _clip.expect(state_dict, "visual.ln_pre.weight", (width,), f"the vision width is {width}")
+    _clip.expect(state_dict, "visual.ln_post.weight", (width,), f"the vision width is {width}")
+    _clip.expect(
+        state_dict, "visual.proj", (width, text["embed_dim"]),
+        f"it maps the vision width {width} to the joint embedding width {text['embed_dim']} of text_projection",
+    )
+    layers = _clip.block_count(state_dict, "visual.transformer.resblocks.")
+    if layers == 0:
+        raise StateDictError(
+            f"the state dict has no visual.transformer.resblocks.N blocks. {_clip.ADVICE}",
+            missing=["visual.transformer.resblocks.0.attn.in_proj_weight"],
+        )
+    _clip.check_transformer(state_dict, "visual.transformer.resblocks.", width, layers)
+    return ViTSpec(
+        image_resolution=patch * grid,
+        vision_width=width,
+        vision_layers=layers,
+        vision_heads=_clip.default_heads(width),
+        vision_patch_size=patch,
+        **text,
+    )
+
+
+@hookimpl
+def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec | None:
+    """Claim an OpenAI-layout CLIP ViT state dict and describe it; ``None`` for anything else."""
+    if not _is_vit(state_dict):
+        return None
+    return infer_spec(state_dict)
+
+
+@hookimpl
+def build_model(spec: object) -> CLIP | None:
+    """Build the CLIP ViT that ``spec`` describes (on the current default device), or ``None`` for other families."""
+    if not isinstance(spec, ViTSpec) or spec.family != "vit":
+        return None
+    visual = VisionTransformer(
+        input_resolution=spec.image_resolution,
+        patch_size=spec.vision_patch_size,
+        width=spec.vision_width,
+        layers=spec.vision_layers,
+        heads=spec.vision_heads,
+        output_dim=spec.embed_dim,
+        quick_gelu=spec.quick_gelu,
+    )
+    return CLIP(
+        visual,
+        embed_dim=spec.embed_dim,
+        context_length=spec.context_length,
+        vocab_size=spec.vocab_size,
+        text_width=spec.text_width,
+        text_layers=spec.text_layers,
+        text_heads=spec.text_heads,
+        quick_gelu=spec.quick_gelu,
+    )
