@@ -87,8 +87,10 @@ def build_model(spec: ArchSpec) -> torch.nn.Module | None:
     provide ``encode_image(images)``, ``encode_text(tokens)`` and
     ``forward(images, tokens) -> (logits_per_image, logits_per_text)``. Its
     ``state_dict`` keys must match the checkpoint's (remap in a
-    ``load_state_dict`` pre-hook if the file's layout differs). The first
-    non-``None`` answer wins.
+    ``load_state_dict`` pre-hook if the file's layout differs). When the model
+    is cast to half precision, normalisation layers, modules whose class sets
+    ``keep_fp32 = True`` and parameters a module names in ``fp32_parameters``
+    stay float32. The first non-``None`` answer wins.
     """
 
 

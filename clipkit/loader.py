@@ -24,6 +24,7 @@ from clipkit.errors import (
     StateDictError,
     UnknownModelError,
 )
+from clipkit.nn import cast_model
 from clipkit.plugins import PluginRegistry, get_registry
 from clipkit.spec import ArchSpec, ModelSource, check_sha256
 
@@ -306,17 +307,11 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 def place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Cast floating tensors to ``dtype`` and move everything to ``device``, one conversion per tensor.
 
-    Modules whose class sets ``keep_fp32 = True`` (normalisation layers that
-    compute in float32, as the reference keeps them) stay in float32.
+    Normalisation layers, modules whose class sets ``keep_fp32 = True`` and
+    parameters a module lists in ``fp32_parameters`` stay float32 when ``dtype``
+    is narrower, as the reference keeps them (see ``clipkit.nn.cast_model``).
     """
-    for module in model.modules():
-        target = torch.float32 if getattr(module, "keep_fp32", False) else dtype
-
-        def convert(t: torch.Tensor, target: torch.dtype = target) -> torch.Tensor:
-            return t.to(device=device, dtype=target if t.is_floating_point() else None)
-
-        module._apply(convert, recurse=False)
-    return model
+    return cast_model(model, dtype, device=device)
 
 
 # -- the public calls -------------------------------------------------------------------------------
@@ -357,7 +352,7 @@ def load(
             )
         from clipkit import jit as jit_loader
 
-        model, resolution = jit_loader.load_jit(path, target)
+        model, resolution = jit_loader.load_jit(path, target, dtype=weights_dtype)
         return model, make_transform(ArchSpec(family="torchscript", image_resolution=resolution), registry=registry)
     state_dict = checkpoint.read_state_dict(path)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)

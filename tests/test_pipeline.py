@@ -295,6 +295,7 @@ def test_half_precision_keeps_norm_layers_in_float32(tmp_path, vit_sd, dtype):
     assert model.visual.conv1.weight.dtype == expected
     assert model.transformer.resblocks[0].attn.in_proj_weight.dtype == expected
     assert model.ln_final.weight.dtype == torch.float32
+    assert model.logit_scale.dtype == torch.float32  # the reference never rounds the temperature
     if expected == torch.bfloat16:  # CPU has bf16 kernels for every op; compare with the fp32 model
         full, _ = clipkit.load(_save(tmp_path, vit_sd, name="b.pt"), device="cpu")
         tokens = factories.sample_tokens(factories.TINY_VIT)
