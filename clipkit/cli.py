@@ -52,10 +52,22 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from clipkit.loader import resolve_source
+    import os
 
-    path = resolve_source(args.source, download_root=args.download_root, sha256=args.sha256)
-    print(path)
+    from clipkit import fetching
+    from clipkit.loader import cache_dir, registered_models, resolve_source
+
+    if args.quiet:
+        os.environ["CLIPKIT_PROGRESS"] = "0"
+    source, sha256 = args.source, args.sha256
+    if args.verify:
+        entry = registered_models().get(source)
+        if entry is not None:
+            source, sha256 = entry.url, sha256 or entry.sha256
+        if fetching.is_fsspec_url(source):
+            print(fetching.fetch(source, cache_dir=cache_dir(args.download_root), sha256=sha256, force_verify=True))
+            return 0
+    print(resolve_source(source, download_root=args.download_root, sha256=sha256))
     return 0
 
 
@@ -81,6 +93,18 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipkit.jit import export_torchscript
+    from clipkit.loader import load
+
+    model, _ = load(args.source, device="cpu", download_root=args.download_root, sha256=args.sha256)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    print(export_torchscript(model, args.output, device=args.device, dtype=dtype))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``clipkit`` and its subcommands."""
     parser = argparse.ArgumentParser(prog="clipkit", description=__doc__)
@@ -101,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download and verify a checkpoint into the cache; print its path")
     _common_source_args(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--verify", action="store_true", help="hash the cached file even if clipkit verified it before")
     p.set_defaults(func=_cmd_fetch)
 
     p = sub.add_parser("load", help="load a checkpoint, report what was built, and embed a test sentence")
@@ -108,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--jit", action="store_true", help="run the TorchScript archive itself")
     p.set_defaults(func=_cmd_load)
+
+    p = sub.add_parser("export", help="trace a checkpoint into a TorchScript archive shaped like the official releases")
+    _common_source_args(p)
+    p.add_argument("output", help="where to write the archive (.pt)")
+    p.add_argument("--device", default=None, help="device to trace on (default: cpu)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
+                   help="weights' precision in the archive (float16 gives a release-shaped archive)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+from typing import TYPE_CHECKING, Any
 
 from clipkit.hookspecs import hookimpl
 from clipkit.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from torchvision.transforms import Compose
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -23,6 +24,10 @@ def clip_transform(resolution: int, mean: tuple[float, ...] = CLIP_MEAN, std: tu
     The same steps and constants as the reference ``clip.load``'s transform, so
     a PIL image gives the same tensor.
     """
+    # imported here: torchvision.transforms costs seconds of import time that
+    # ``clipkit inspect`` / ``fetch`` / ``plugins`` never need
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
     return Compose(
         [
             Resize(resolution, interpolation=InterpolationMode.BICUBIC),
