@@ -6,15 +6,11 @@
 from clipkit import errors
 from clipkit.builtin.specs import CLIPSpec, ResNetSpec, ViTSpec
 from clipkit.hookspecs import hookimpl
+from clipkit.loader import available_models, inspect, load
 from clipkit.spec import ArchSpec, ModelSource
+from clipkit.tokenizer import tokenize
 
 __version__ = "0.1.0"
-
-try:  # the pipeline lands in loader.py; the names above are usable without it
-    from clipkit.loader import available_models, inspect, load
-    from clipkit.tokenizer import tokenize
-except ImportError:  # pragma: no cover - only while the package is being assembled
-    pass
 
 __all__ = [
     "ArchSpec",
