@@ -197,10 +197,12 @@ def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
     return attrs.evolve(spec, **overrides)
 
 
-def build_model(spec: ArchSpec, *, registry: PluginRegistry | None = None) -> torch.nn.Module:
-    """Build the module ``spec`` describes on the meta device (no weights allocated) through ``build_model``."""
+def build_model(
+    spec: ArchSpec, *, registry: PluginRegistry | None = None, device: str | torch.device = "meta"
+) -> torch.nn.Module:
+    """Build the module ``spec`` describes through ``build_model``, by default on the meta device (nothing allocated)."""
     registry = registry or get_registry()
-    with torch.device("meta"):
+    with torch.device(device):
         model = registry.call_first("build_model", spec=spec)
     if model is None:
         raise ConfigurationError(
@@ -265,13 +267,31 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor])
             unexpected=unexpected,
             mismatched=mismatched,
         )
-    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    left = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
     if left:
         raise StateDictError(
             f"the model built for this checkpoint has tensors the checkpoint does not provide: {', '.join(left)}; "
             "the plugin's build_model must create only tensors that are in the state dict",
             missing=left,
         )
+
+
+def meta_tensors_outside_state_dict(model: torch.nn.Module) -> list[str]:
+    """Names of meta tensors a module holds outside its state dict (non-persistent buffers, tensor attributes).
+
+    A model built on the meta device cannot get values for these from a
+    checkpoint: they were computed at construction (a causal mask, say).
+    """
+    names = []
+    for prefix, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None and buffer.is_meta:
+                names.append(f"{prefix}.{name}".lstrip("."))
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter) and value.is_meta:
+                names.append(f"{prefix}.{name}".lstrip("."))
+    return names
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -357,6 +377,9 @@ def load(
     state_dict = checkpoint.read_state_dict(path)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
     model = build_model(spec, registry=registry)
+    if meta_tensors_outside_state_dict(model):
+        # the plugin computes tensors at construction that no checkpoint holds: build it for real instead
+        model = build_model(spec, registry=registry, device="cpu")
     load_weights(model, state_dict)
     place(model, target, weights_dtype)
     model.eval()

@@ -351,3 +351,57 @@ def test_warnings_are_quiet_on_a_plain_load(tmp_path, vit_sd):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         clipkit.load(path, device="cpu")
+
+
+@attrs.frozen(kw_only=True)
+class MaskSpec(clipkit.ArchSpec):
+    family: str = "mask"
+    width: int
+
+
+class MaskModel(torch.nn.Module):
+    """Computes a buffer at construction that is not in the state dict, as open_clip's attn_mask is."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width)
+        self.register_buffer("mask", torch.ones(width), persistent=False)
+        self.scale = torch.full((), 2.0)  # a plain tensor attribute
+        self.visual = torch.nn.Module()
+        self.visual.input_resolution = 4
+
+    def encode_image(self, image):
+        return self.proj(image.flatten(1)[:, : self.mask.numel()] * self.mask * self.scale)
+
+    def encode_text(self, text):
+        return self.proj(torch.nn.functional.one_hot(text[:, 0], self.mask.numel()).float())
+
+
+class MaskPlugin:
+    @clipkit.hookimpl
+    def detect_architecture(self, state_dict):
+        if "mask_model.proj.weight" in state_dict:
+            return MaskSpec(image_resolution=4, width=state_dict["mask_model.proj.weight"].shape[0])
+
+    @clipkit.hookimpl
+    def build_model(self, spec):
+        if isinstance(spec, MaskSpec):
+            model = MaskModel(spec.width)
+            model.register_load_state_dict_pre_hook(
+                lambda module, sd, prefix, *a: sd.update(
+                    {k.replace("mask_model.", prefix, 1): sd.pop(k) for k in list(sd) if k.startswith("mask_model.")}
+                )
+            )
+            return model
+
+
+def test_a_plugin_that_computes_tensors_at_construction_still_loads_correctly(registry, tmp_path):
+    register_plugin(MaskPlugin(), name="mask")
+    weight = torch.randn(6, 6)
+    path = _save(tmp_path, {"mask_model.proj.weight": weight, "mask_model.proj.bias": torch.zeros(6)})
+    model, _ = clipkit.load(path, device="cpu")
+    assert not model.mask.is_meta and torch.equal(model.mask, torch.ones(6))
+    image = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        expected = (image.flatten(1)[:, :6] * 2.0) @ weight.t()
+        torch.testing.assert_close(model.encode_image(image), expected)
