@@ -64,10 +64,18 @@ _NUMPY_SAFE = _numpy_safe_globals()
 
 
 def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a TorchScript archive (a zip holding ``constants.pkl`` or ``code/``)."""
+    """True when ``path`` is a TorchScript archive (a zip holding ``constants.pkl`` or ``code/``).
+
+    Raises ``CheckpointError`` for a damaged zip file.
+    """
     from clipkit import archive
 
-    return archive.is_torchscript_archive(path)
+    try:
+        return archive.is_torchscript_archive(path)
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(
+            f"{path} is a damaged zip file ({exc}); the download or save was probably cut short: fetch it again"
+        ) from exc
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -116,13 +124,7 @@ def _read_file(path: Path) -> Any:
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(_ZIP_MAGIC):
-        try:
-            torchscript = is_torchscript_archive(path)
-        except zipfile.BadZipFile as exc:
-            raise CheckpointError(
-                f"{path} is a damaged zip file ({exc}); the download or save was probably cut short: fetch it again"
-            ) from exc
-        if torchscript:
+        if is_torchscript_archive(path):
             from clipkit import archive
 
             return archive.read_torchscript_state_dict(path)

@@ -24,15 +24,14 @@ import copy
 import functools
 import os
 import warnings
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from clipkit.archive import is_torchscript_archive
-from clipkit.errors import CheckpointError, CheckpointNotFoundError, ConfigurationError, JITError
+from clipkit.checkpoint import is_torchscript_archive
+from clipkit.errors import CheckpointNotFoundError, ConfigurationError, JITError
 
 __all__ = ["export_torchscript", "load_jit", "patch_device", "patch_dtype", "script_graphs"]
 
@@ -90,13 +89,7 @@ def load_jit(
         raise ConfigurationError(
             f"jit=True runs in float16, bfloat16, float32 or float64, not {dtype}; pass one of those as dtype"
         )
-    try:
-        torchscript = is_torchscript_archive(path)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(
-            f"{path} is a damaged zip file ({exc}); the download or save was probably cut short: fetch it again"
-        ) from exc
-    if not torchscript:
+    if not is_torchscript_archive(path):
         raise JITError(
             f"{path} is a plain checkpoint (a state dict), not a TorchScript archive, so there is no program "
             "to run with jit=True; load it with jit=False"

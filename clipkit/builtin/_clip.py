@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from clipkit.builtin.specs import CLIPSpec
 from clipkit.errors import StateDictError
+from clipkit.nn import CLIP
 
 #: Keys every OpenAI-layout CLIP has in its text tower; part of both plugins' signatures.
 TEXT_SIGNATURE: tuple[str, ...] = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight")
@@ -149,4 +151,18 @@ def text_tower(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
         text_width=width,
         text_layers=layers,
         text_heads=default_heads(width),
+    )
+
+
+def build_clip(visual: torch.nn.Module, spec: CLIPSpec) -> CLIP:
+    """The dual encoder around ``visual`` with the text tower and joint embedding ``spec`` describes."""
+    return CLIP(
+        visual,
+        embed_dim=spec.embed_dim,
+        context_length=spec.context_length,
+        vocab_size=spec.vocab_size,
+        text_width=spec.text_width,
+        text_layers=spec.text_layers,
+        text_heads=spec.text_heads,
+        quick_gelu=spec.quick_gelu,
     )

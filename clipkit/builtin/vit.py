@@ -83,13 +83,4 @@ def build_model(spec: object) -> CLIP | None:
         output_dim=spec.embed_dim,
         quick_gelu=spec.quick_gelu,
     )
-    return CLIP(
-        visual,
-        embed_dim=spec.embed_dim,
-        context_length=spec.context_length,
-        vocab_size=spec.vocab_size,
-        text_width=spec.text_width,
-        text_layers=spec.text_layers,
-        text_heads=spec.text_heads,
-        quick_gelu=spec.quick_gelu,
-    )
+    return _clip.build_clip(visual, spec)
