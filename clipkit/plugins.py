@@ -130,7 +130,7 @@ class PluginRegistry:
         except Exception as exc:
             failure = PluginError(
                 f"clipkit plugin {impl.plugin_name!r} raised {type(exc).__name__} in hook "
-                f"{hook_name}: {exc}",
+                f"{hook_name} (plugin from {self.origin(impl.plugin_name)}): {exc}",
                 plugin=impl.plugin_name,
                 hook=hook_name,
             )

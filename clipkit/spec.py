@@ -40,7 +40,7 @@ class ArchSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec's fields as a plain dict (tuples stay tuples), for printing and JSON."""
-        return attrs.asdict(self, retain_collection_types=True)
+        return {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
 
 
 def check_sha256(digest: str | None, *, what: str = "sha256") -> str | None:
