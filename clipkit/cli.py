@@ -82,12 +82,19 @@ def _cmd_load(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
     first = next(model.parameters())
+    visual = getattr(model, "visual", None)
+    resolution = getattr(visual, "input_resolution", None)
+    if resolution is None:  # TorchScript archives keep it as a buffer on the model
+        resolution = getattr(model, "input_resolution", "?")
     print(f"loaded {args.source} in {elapsed:.2f}s: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
-          f"{first.dtype} on {first.device}, input resolution {model.visual.input_resolution}")
-    with torch.no_grad():
-        from clipkit.tokenizer import tokenize
+          f"{first.dtype} on {first.device}, input resolution {int(resolution)}")
+    from clipkit.tokenizer import get_tokenizer, tokenize
 
-        tokens = tokenize(["a photo of a cat"], context_length=int(model.context_length)).to(first.device)
+    if int(model.vocab_size) < len(get_tokenizer().encoder):
+        print(f"text tower has its own {int(model.vocab_size)}-token vocabulary: no test sentence embedded")
+        return 0
+    tokens = tokenize(["a photo of a cat"], context_length=int(model.context_length)).to(first.device)
+    with torch.no_grad():
         text = model.encode_text(tokens)
     print(f"text embedding: shape {tuple(text.shape)}")
     return 0

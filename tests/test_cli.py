@@ -1,0 +1,73 @@
+"""The ``clipkit`` command, run as a user runs it: a subprocess, its output and its exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import factories
+import pytest
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "clipkit", *args], capture_output=True, text=True, timeout=180)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-rn.pt"
+    factories.write_checkpoint(path, factories.TINY_RESNET)
+    return path
+
+
+def test_models_lists_the_official_names():
+    out = run("models").stdout.split()
+    assert out[0] == "RN50" and "ViT-L/14@336px" in out and len(out) == 9
+    assert "https://openaipublic.azureedge.net/clip/models/" in run("models", "--urls").stdout
+
+
+def test_inspect_prints_the_spec_and_json(tiny_resnet):
+    assert run("inspect", str(tiny_resnet)).stdout.strip() == repr(factories.TINY_RESNET.spec())
+    data = json.loads(run("inspect", str(tiny_resnet), "--json").stdout)
+    assert data["class"] == "ResNetSpec" and data["vision_layers"] == [1, 2, 1, 1]
+    assert data["image_resolution"] == factories.TINY_RESNET.image_resolution
+
+
+def test_load_reports_what_it_built(tiny_resnet):
+    out = run("load", str(tiny_resnet), "--device", "cpu").stdout
+    assert "torch.float32 on cpu" in out and "input resolution 64" in out
+    assert "own 1000-token vocabulary" in out
+
+
+def test_load_embeds_a_sentence_with_the_full_vocabulary(tmp_path):
+    path = tmp_path / "full-vocab.pt"
+    factories.write_checkpoint(path, factories.TINY_VIT.with_(vocab_size=49408, context_length=77))
+    assert "text embedding: shape (1, 32)" in run("load", str(path), "--device", "cpu").stdout
+
+
+def test_plugins_lists_the_builtins_with_their_hooks():
+    rows = {row["name"]: row for row in json.loads(run("plugins", "--json").stdout)}
+    assert rows["clipkit.builtin.vit"]["origin"] == "builtin"
+    assert set(rows["clipkit.builtin.vit"]["hooks"]) == {"build_model", "detect_architecture"}
+    assert rows["clipkit.builtin.transforms"]["hooks"] == ["make_transform"]
+
+
+def test_export_then_load_with_jit(tiny_resnet, tmp_path):
+    out = tmp_path / "tiny-rn-jit.pt"
+    assert run("export", str(tiny_resnet), str(out), "--dtype", "float16").stdout.strip() == str(out)
+    assert "input resolution 64" in run("load", str(out), "--jit", "--device", "cpu").stdout
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    proc = run("inspect", str(bad), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("clipkit: error: ") and "not a checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run("fetch", "ViT-B/32", "--sha256", "xyz", check=False)
+    assert proc.returncode == 2 and "64 hexadecimal" in proc.stderr
