@@ -1,0 +1,73 @@
+"""transformers-format CLIP (CLIPModel): claims state dicts with text_model.embeddings.token_embedding.weight, vision_model.embeddings.patch_embedding.weight, visual_projection.weight and text_projection.weight.
+
+This module is the plugin clipkit registers through the ``clipkit`` entry point
+``hf``. It reads the architecture off the tensor shapes (and ``config.json``
+beside the weights for the activation and head counts) and builds clipkit's own
+ViT CLIP, whose ``load_state_dict`` pre-hook renames transformers' keys into
+OpenAI's layout on the way in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipkit import hookimpl
+from clipkit.nn import CLIP, VisionTransformer
+from clipkit_hf.convert import SIGNATURE, hf_to_openai, is_hf_clip
+from clipkit_hf.spec import HFCLIPSpec, infer_spec, read_config
+
+
+@hookimpl
+def detect_architecture(state_dict: Mapping[str, torch.Tensor], path: Path | None) -> HFCLIPSpec | None:
+    """Claim a transformers ``CLIPModel`` state dict and describe it; ``None`` for any other layout."""
+    if not is_hf_clip(state_dict):
+        return None
+    return infer_spec(state_dict, read_config(path))
+
+
+@hookimpl
+def build_model(spec: Any) -> CLIP | None:
+    """Build clipkit's ViT CLIP for an ``HFCLIPSpec`` (``None`` for other specs), ready to load transformers keys."""
+    if not isinstance(spec, HFCLIPSpec):
+        return None
+    visual = VisionTransformer(
+        input_resolution=spec.image_resolution,
+        patch_size=spec.vision_patch_size,
+        width=spec.vision_width,
+        layers=spec.vision_layers,
+        heads=spec.vision_heads,
+        output_dim=spec.embed_dim,
+        quick_gelu=spec.vision_activation_is_quick_gelu,
+    )
+    model = CLIP(
+        visual,
+        embed_dim=spec.embed_dim,
+        context_length=spec.context_length,
+        vocab_size=spec.vocab_size,
+        text_width=spec.text_width,
+        text_layers=spec.text_layers,
+        text_heads=spec.text_heads,
+        quick_gelu=spec.quick_gelu,
+    )
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = spec.layer_norm_eps
+    model.register_load_state_dict_pre_hook(remap_transformers_keys)
+    return model
+
+
+def remap_transformers_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook: rename a transformers-layout state dict in place into OpenAI's layout.
+
+    Only a state dict carrying transformers' keys is touched, so the model's own
+    ``state_dict()`` (already in OpenAI's layout) loads back unchanged.
+    """
+    if prefix + SIGNATURE[0] not in state_dict:
+        return
+    own = {key[len(prefix):]: state_dict.pop(key) for key in list(state_dict) if key.startswith(prefix)}
+    state_dict.update({prefix + key: value for key, value in hf_to_openai(own).items()})

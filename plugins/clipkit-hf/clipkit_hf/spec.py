@@ -1,0 +1,249 @@
+"""``HFCLIPSpec`` and reading it off a transformers ``CLIPModel`` state dict (shapes) and its ``config.json``.
+
+Shapes give every size. ``config.json``, when it sits next to the weights,
+gives only what shapes cannot show: each tower's activation (``hidden_act``),
+head counts (``num_attention_heads``), the LayerNorm epsilon and the
+end-of-text token id (checked, see ``check_pooling``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from clipkit import ViTSpec
+from clipkit.errors import CheckpointError, ConfigurationError, StateDictError
+
+__all__ = ["ACTIVATIONS", "HFCLIPSpec", "check_pooling", "default_heads", "infer_spec", "read_config"]
+
+#: transformers ``hidden_act`` values clipkit's ViT can run, mapped to its ``quick_gelu`` flag.
+ACTIVATIONS: dict[str, bool] = {"quick_gelu": True, "gelu": False}
+
+_ADVICE = "The checkpoint is damaged or not a transformers CLIPModel; save it again with save_pretrained."
+
+
+def _optional_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be True, False or None, got {value!r}")
+
+
+def _positive_float(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be a small positive number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class HFCLIPSpec(ViTSpec):
+    """A transformers-format CLIP ViT: the built-in ``ViTSpec`` sizes plus what ``config.json`` can add.
+
+    ``quick_gelu`` is the text tower's activation and, unless
+    ``vision_quick_gelu`` says otherwise, the vision tower's too (a
+    ``config.json`` whose towers use different activations sets
+    ``vision_quick_gelu``). ``layer_norm_eps`` is every LayerNorm's epsilon.
+    """
+
+    family: str = "hf-clip"
+    vision_quick_gelu: bool | None = attrs.field(default=None, validator=_optional_bool)
+    layer_norm_eps: float = attrs.field(default=1e-5, validator=_positive_float)
+
+    @property
+    def vision_activation_is_quick_gelu(self) -> bool:
+        """Whether the vision tower uses QuickGELU (``vision_quick_gelu``, else ``quick_gelu``)."""
+        return self.quick_gelu if self.vision_quick_gelu is None else self.vision_quick_gelu
+
+
+def default_heads(width: int) -> int:
+    """The head count when ``config.json`` does not say: 64-wide heads (``width // 64``, at least 1, dividing ``width``)."""
+    heads = max(1, width // 64)
+    while width % heads:
+        heads -= 1
+    return heads
+
+
+def read_config(path: Path | None) -> dict[str, Any] | None:
+    """The CLIP ``config.json`` next to the weights (in ``path`` if it is a directory, else beside the file), or ``None``.
+
+    Returns ``{"path": Path, "text": {...}, "vision": {...}}`` with each tower's
+    settings (``text_config_dict``/``vision_config_dict`` of older files merged
+    over ``text_config``/``vision_config``). A ``config.json`` that is not a CLIP
+    config is ignored; one that is not valid JSON raises ``CheckpointError``.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    config_path = (path if path.is_dir() else path.parent) / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(raw, dict) or not (raw.get("model_type") == "clip" or "text_config" in raw or "vision_config" in raw):
+        return None
+    towers = {}
+    for tower in ("text", "vision"):
+        merged: dict[str, Any] = {}
+        for key in (f"{tower}_config", f"{tower}_config_dict"):
+            if isinstance(raw.get(key), dict):
+                merged.update(raw[key])
+        towers[tower] = merged
+    return {"path": config_path, **towers}
+
+
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str, dims: int) -> tuple[int, ...]:
+    try:
+        found = tuple(state_dict[key].shape)
+    except KeyError:
+        raise StateDictError(f"the state dict has no {key!r}. {_ADVICE}", missing=[key]) from None
+    if len(found) != dims:
+        raise StateDictError(f"{key} has shape {found}, expected {dims} dimensions. {_ADVICE}",
+                             mismatched=[(key, (-1,) * dims, found)])
+    return found
+
+
+def _expect(state_dict: Mapping[str, torch.Tensor], key: str, expected: tuple[int, ...], why: str) -> None:
+    found = _shape(state_dict, key, len(expected))
+    if found != expected:
+        raise StateDictError(f"{key} has shape {found}, expected {expected}: {why}. {_ADVICE}",
+                             mismatched=[(key, expected, found)])
+
+
+def _layers(state_dict: Mapping[str, torch.Tensor], tower: str, width: int) -> int:
+    prefix = f"{tower}_model.encoder.layers."
+    indices = {int(part) for key in state_dict if key.startswith(prefix)
+               for part in [key[len(prefix):].split(".", 1)[0]] if part.isdigit()}
+    if not indices or indices != set(range(max(indices) + 1)):
+        raise StateDictError(
+            f"the {tower} encoder's layers {prefix}N are missing or not numbered 0..n-1 (found {sorted(indices)}). {_ADVICE}",
+            missing=[f"{prefix}0.self_attn.q_proj.weight"],
+        )
+    for i in sorted(indices):
+        block = f"{prefix}{i}"
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            _expect(state_dict, f"{block}.self_attn.{name}.weight", (width, width), f"the {tower} width is {width}")
+        fc1 = _shape(state_dict, f"{block}.mlp.fc1.weight", 2)
+        if fc1 != (4 * width, width):
+            raise StateDictError(
+                f"{block}.mlp.fc1.weight has shape {fc1}: clipkit's ViT needs a 4 x width MLP "
+                f"(intermediate_size {4 * width} for width {width}); this checkpoint's intermediate_size "
+                f"{fc1[0]} cannot be loaded into it",
+                mismatched=[(f"{block}.mlp.fc1.weight", (4 * width, width), fc1)],
+            )
+    return len(indices)
+
+
+def _activation(config: dict[str, Any] | None, tower: str) -> bool:
+    if config is None or "hidden_act" not in config[tower]:
+        return True  # transformers' CLIP default, and OpenAI's
+    act = config[tower]["hidden_act"]
+    if act not in ACTIVATIONS:
+        raise ConfigurationError(
+            f"{config['path']}: {tower}_config.hidden_act is {act!r}; clipkit-hf runs "
+            f"{' and '.join(map(repr, ACTIVATIONS))} (the activations of clipkit's ViT)"
+        )
+    return ACTIVATIONS[act]
+
+
+def _heads(config: dict[str, Any] | None, tower: str, width: int) -> int:
+    if config is not None and isinstance(config[tower].get("num_attention_heads"), int):
+        return config[tower]["num_attention_heads"]
+    return default_heads(width)
+
+
+def _layer_norm_eps(config: dict[str, Any] | None) -> float:
+    if config is None:
+        return 1e-5
+    text = float(config["text"].get("layer_norm_eps", 1e-5))
+    vision = float(config["vision"].get("layer_norm_eps", 1e-5))
+    if text != vision:
+        raise ConfigurationError(
+            f"{config['path']}: the towers use different layer_norm_eps ({text} text, {vision} vision); "
+            "clipkit-hf builds every LayerNorm with one epsilon"
+        )
+    return text
+
+
+def check_pooling(config: dict[str, Any] | None, vocab_size: int) -> None:
+    """Check that pooling at the row's highest token id is transformers' pooling for this checkpoint.
+
+    transformers reads each text at its first ``eos_token_id`` (or, for
+    configs with the legacy ``eos_token_id == 2``, at the highest id, the row's
+    ``argmax``); clipkit's model always reads at the ``argmax``. With OpenAI's
+    vocabulary end-of-text is the highest id (``vocab_size - 1``, 49407), so the
+    first end-of-text token *is* the first maximum (``argmax`` returns the first
+    of equal maxima): the two agree. A config with any other end-of-text id
+    raises ``ConfigurationError``.
+    """
+    if config is None:
+        return
+    eos = config["text"].get("eos_token_id")
+    if eos is not None and eos not in (2, vocab_size - 1):
+        raise ConfigurationError(
+            f"{config['path']}: text_config.eos_token_id is {eos}, not the highest token id {vocab_size - 1}; "
+            "clipkit's text tower reads each text at its highest token id, so this tokenizer is not supported"
+        )
+
+
+def infer_spec(state_dict: Mapping[str, torch.Tensor], config: dict[str, Any] | None = None) -> HFCLIPSpec:
+    """Read an ``HFCLIPSpec`` off a transformers ``CLIPModel`` state dict, with ``config`` from ``read_config``.
+
+    Raises ``StateDictError`` naming the key whose shape disagrees with the
+    rest, and ``ConfigurationError`` for settings clipkit's ViT cannot run
+    (an activation other than QuickGELU/GELU, per-tower LayerNorm epsilons,
+    an end-of-text id that is not the highest token id).
+    """
+    vocab_size, text_width = _shape(state_dict, "text_model.embeddings.token_embedding.weight", 2)
+    context_length, _ = _shape(state_dict, "text_model.embeddings.position_embedding.weight", 2)
+    _expect(state_dict, "text_model.embeddings.position_embedding.weight", (context_length, text_width),
+            f"the text width is {text_width}")
+    _expect(state_dict, "text_model.final_layer_norm.weight", (text_width,), f"the text width is {text_width}")
+    embed_dim, _ = _shape(state_dict, "text_projection.weight", 2)
+    _expect(state_dict, "text_projection.weight", (embed_dim, text_width), f"the text width is {text_width}")
+
+    conv = _shape(state_dict, "vision_model.embeddings.patch_embedding.weight", 4)
+    vision_width, channels, patch, patch_w = conv
+    if channels != 3 or patch != patch_w:
+        raise StateDictError(
+            f"vision_model.embeddings.patch_embedding.weight has shape {conv}: expected 3-channel square patches. {_ADVICE}",
+            mismatched=[("vision_model.embeddings.patch_embedding.weight", (vision_width, 3, patch, patch), conv)],
+        )
+    _expect(state_dict, "vision_model.embeddings.class_embedding", (vision_width,), f"the vision width is {vision_width}")
+    positions, _ = _shape(state_dict, "vision_model.embeddings.position_embedding.weight", 2)
+    grid = math.isqrt(max(positions - 1, 0))
+    if positions < 2 or grid * grid + 1 != positions:
+        raise StateDictError(
+            f"vision_model.embeddings.position_embedding.weight has {positions} rows; expected a square number of "
+            f"patches plus one class token. {_ADVICE}",
+            mismatched=[("vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision_width),
+                         (positions, vision_width))],
+        )
+    _expect(state_dict, "vision_model.embeddings.position_embedding.weight", (positions, vision_width),
+            f"the vision width is {vision_width}")
+    _expect(state_dict, "visual_projection.weight", (embed_dim, vision_width),
+            f"text_projection.weight says the joint embedding is {embed_dim} wide")
+
+    check_pooling(config, vocab_size)
+    text_quick = _activation(config, "text")
+    vision_quick = _activation(config, "vision")
+    return HFCLIPSpec(
+        image_resolution=patch * grid,
+        embed_dim=embed_dim,
+        context_length=context_length,
+        vocab_size=vocab_size,
+        text_width=text_width,
+        text_layers=_layers(state_dict, "text", text_width),
+        text_heads=_heads(config, "text", text_width),
+        quick_gelu=text_quick,
+        vision_width=vision_width,
+        vision_layers=_layers(state_dict, "vision", vision_width),
+        vision_heads=_heads(config, "vision", vision_width),
+        vision_patch_size=patch,
+        vision_quick_gelu=None if vision_quick == text_quick else vision_quick,
+        layer_norm_eps=_layer_norm_eps(config),
+    )

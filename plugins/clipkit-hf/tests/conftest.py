@@ -1,0 +1,36 @@
+"""Make ``clipkit_hf`` importable from a plain checkout, and register it for the tests that load through clipkit.
+
+In CI the distribution is installed (``pip install -e plugins/clipkit-hf``) and
+clipkit registers it through its entry point; run from a checkout without
+installing, the package directory is put on ``sys.path`` and the
+``hf_registered`` fixture registers the plugin at run time instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import clipkit_hf  # noqa: F401
+except ImportError:  # not installed: use the source next to these tests
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import clipkit_hf.plugin
+from clipkit.plugins import get_registry
+
+
+@pytest.fixture
+def hf_registered():
+    """The process-wide registry with the plugin in it (through its entry point, or registered for this test)."""
+    registry = get_registry()
+    if registry.pm.is_registered(clipkit_hf.plugin):
+        yield registry
+        return
+    name = registry.register(clipkit_hf.plugin, name="hf")
+    try:
+        yield registry
+    finally:
+        registry.unregister(name)
