@@ -44,7 +44,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": i.name, "origin": i.origin, "hooks": list(i.hooks), "error": i.error} for i in infos], indent=2))
         return 0
     for info in infos:
-        if info.error:
+        if info.error and info.error.startswith("disabled"):
+            print(f"{info.name}  [{info.origin}]  {info.error}")
+        elif info.error:
             print(f"{info.name}  [{info.origin}]  FAILED: {info.error}")
         else:
             print(f"{info.name}  [{info.origin}]  {', '.join(info.hooks)}")

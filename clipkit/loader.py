@@ -162,10 +162,12 @@ def detect_architecture(
                 hook="detect_architecture",
             )
     if len(answers) > 1:
-        claims = "; ".join(f"{name} -> {spec!r}" for name, spec in answers)
+        claims = "\n".join(
+            f"  - {name} ({registry.plugin_doc(name) or 'no description'}): {spec!r}" for name, spec in answers
+        )
         raise AmbiguousArchitectureError(
-            f"{len(answers)} plugins claim this checkpoint ({claims}). Uninstall or disable one of them "
-            "(plugins must claim only their own key/shape signature).",
+            f"{len(answers)} plugins claim this checkpoint:\n{claims}\nUninstall one of them, or disable it "
+            "with CLIPKIT_DISABLE_PLUGINS=<entry-point name> (plugins must claim only their own key/shape signature).",
             claimants=[name for name, _ in answers],
         )
     if not answers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+DISABLE_ENV = "CLIPKIT_DISABLE_PLUGINS"  # comma-separated entry-point names to leave unloaded
 
 
 class PluginWarning(UserWarning):
@@ -79,11 +81,16 @@ class PluginRegistry:
         self._origins.pop(name, None)
 
     def _load_entry_points(self) -> None:
+        disabled = {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
                 continue
             dist = getattr(ep, "dist", None)
             origin = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "entry point"
+            if ep.name in disabled:
+                self.pm.set_blocked(ep.name)
+                self.failures.append(PluginInfo(ep.name, origin, error=f"disabled by {DISABLE_ENV}"))
+                continue
             try:
                 self.register(ep.load(), name=ep.name, origin=origin)
             except Exception as exc:  # a broken third-party plugin must not break clipkit
@@ -97,9 +104,11 @@ class PluginRegistry:
     # -- introspection -----------------------------------------------------------
 
     def infos(self) -> list[PluginInfo]:
-        """Every registered plugin, then every plugin that failed to load, in registration order."""
+        """Every registered plugin, then every plugin that failed to load or was disabled, in registration order."""
         rows = []
         for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:  # a blocked (disabled) name
+                continue
             hooks = tuple(
                 sorted(
                     caller.name

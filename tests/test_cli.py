@@ -71,3 +71,17 @@ def test_errors_are_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run("fetch", "ViT-B/32", "--sha256", "xyz", check=False)
     assert proc.returncode == 2 and "64 hexadecimal" in proc.stderr
+
+
+def test_an_installed_plugin_can_be_disabled_by_name(monkeypatch):
+    from clipkit.plugins import PluginRegistry
+
+    names = {info.name for info in PluginRegistry().infos() if info.error is None}
+    third_party = sorted(names - {n for n in names if n.startswith("clipkit.builtin.")})
+    if not third_party:
+        pytest.skip("no third-party plugin is installed in this environment")
+    monkeypatch.setenv("CLIPKIT_DISABLE_PLUGINS", third_party[0])
+    infos = {info.name: info for info in PluginRegistry().infos()}
+    assert infos[third_party[0]].error == "disabled by CLIPKIT_DISABLE_PLUGINS"
+    lines = [line for line in run("plugins").stdout.splitlines() if line.startswith(f"{third_party[0]}  [")]
+    assert len(lines) == 1 and lines[0].endswith("disabled by CLIPKIT_DISABLE_PLUGINS")
