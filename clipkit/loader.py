@@ -7,6 +7,7 @@ core never names ResNet or ViT.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from clipkit.errors import (
     UnknownModelError,
 )
 from clipkit.nn import cast_model
-from clipkit.plugins import PluginRegistry, get_registry
+from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
 from clipkit.spec import ArchSpec, ModelSource, check_sha256
 
 DEFAULT_CACHE = Path("~/.cache/clip")
@@ -34,24 +35,16 @@ DEFAULT_CACHE = Path("~/.cache/clip")
 # -- names and sources ------------------------------------------------------------------
 
 
-def registered_models(registry: PluginRegistry | None = None) -> dict[str, ModelSource]:
-    """Every name offered by a ``register_models`` plugin, in registration order.
-
-    Raises ``PluginError`` when two plugins register the same name.
-    """
-    registry = registry or get_registry()
+def _merged_models(registry: PluginRegistry) -> tuple[dict[str, ModelSource], dict[str, list[str]]]:
+    """All registered names (first registration wins) and, for names offered twice, every plugin offering them."""
+    cached = registry.cache.get("models")
+    if cached is not None:
+        return cached
     answers, _ = registry.call_all("register_models")
     merged: dict[str, ModelSource] = {}
-    owner: dict[str, str] = {}
+    owners: dict[str, list[str]] = {}
     for plugin_name, models in reversed(answers):  # registration order: built-ins first
         for name, source in dict(models).items():
-            if name in merged:
-                raise PluginError(
-                    f"model name {name!r} is registered by both {owner[name]!r} and {plugin_name!r}; "
-                    "uninstall one of the plugins or rename the model",
-                    plugin=plugin_name,
-                    hook="register_models",
-                )
             if not isinstance(source, ModelSource):
                 raise PluginError(
                     f"plugin {plugin_name!r} registered {name!r} as {type(source).__name__}, "
@@ -59,14 +52,38 @@ def registered_models(registry: PluginRegistry | None = None) -> dict[str, Model
                     plugin=plugin_name,
                     hook="register_models",
                 )
-            merged[name] = source
-            owner[name] = plugin_name
-    return merged
+            owners.setdefault(name, []).append(plugin_name)
+            merged.setdefault(name, source)
+    duplicates = {name: plugins for name, plugins in owners.items() if len(plugins) > 1}
+    registry.cache["models"] = (merged, duplicates)
+    return merged, duplicates
+
+
+def _duplicate_message(name: str, plugins: list[str]) -> str:
+    return (
+        f"model name {name!r} is registered by both {plugins[0]!r} and {plugins[1]!r}; "
+        "uninstall or disable one of the plugins (CLIPKIT_DISABLE_PLUGINS), or load the checkpoint by URL"
+    )
+
+
+def registered_models(registry: PluginRegistry | None = None) -> dict[str, ModelSource]:
+    """Every name offered by a ``register_models`` plugin, in registration order (built-ins first).
+
+    A name offered by two plugins keeps its first registration here; loading it
+    by that name raises ``PluginError``, since it is unclear which one was meant.
+    """
+    return dict(_merged_models(registry or get_registry())[0])
 
 
 def available_models() -> list[str]:
-    """The names ``clipkit.load`` accepts: the nine official releases plus any a plugin registers."""
-    return list(registered_models())
+    """The names ``clipkit.load`` accepts: the nine official releases plus any a plugin registers.
+
+    A name that two plugins register is listed once, with a ``PluginWarning``.
+    """
+    merged, duplicates = _merged_models(get_registry())
+    for name, plugins in duplicates.items():
+        warnings.warn(_duplicate_message(name, plugins), PluginWarning, stacklevel=2)
+    return list(merged)
 
 
 def cache_dir(download_root: str | os.PathLike[str] | None = None) -> Path:
@@ -94,12 +111,14 @@ def resolve_source(
     sha256 = check_sha256(sha256)
     text = os.fspath(source)
     if not isinstance(source, os.PathLike):
-        models = registered_models(registry)
+        models, duplicates = _merged_models(registry)
+        if text in duplicates:
+            raise PluginError(_duplicate_message(text, duplicates[text]), hook="register_models")
         if text in models:
             entry = models[text]
             return _fetch(entry.url, sha256 or entry.sha256, download_root, storage_options, registry)
     local = Path(text).expanduser()
-    if "://" not in text and "::" not in text:
+    if "://" not in text:
         if local.exists():
             if sha256 is not None:
                 from clipkit.fetching import verify_file
@@ -132,7 +151,7 @@ def _fetch(
         storage_options=dict(storage_options or {}),
     )
     if result is None:
-        scheme = url.split("://", 1)[0] if "://" in url else url.split("::", 1)[0]
+        scheme = url.split("://", 1)[0]
         raise ConfigurationError(
             f"no fetcher handles {url!r} (scheme {scheme!r}); install the fsspec implementation for it "
             f"or a clipkit plugin that fetches it (fetchers asked: {', '.join(registry.plugin_names('fetch_checkpoint'))})"
@@ -214,6 +233,18 @@ def build_model(
     if not isinstance(model, torch.nn.Module):
         raise PluginError(f"build_model returned {type(model).__name__} for {spec.family!r}, not an nn.Module",
                           hook="build_model")
+    return model
+
+
+def build_for_loading(spec: ArchSpec, *, registry: PluginRegistry | None = None) -> torch.nn.Module:
+    """Build the model on the meta device, or for real on the CPU when it holds tensors no checkpoint can fill.
+
+    Some plugins compute tensors at construction (a causal mask as a
+    non-persistent buffer, say); on the meta device those would have no values.
+    """
+    model = build_model(spec, registry=registry)
+    if meta_tensors_outside_state_dict(model):
+        model = build_model(spec, registry=registry, device="cpu")
     return model
 
 
@@ -378,10 +409,7 @@ def load(
         return model, make_transform(ArchSpec(family="torchscript", image_resolution=resolution), registry=registry)
     state_dict = checkpoint.read_state_dict(path)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
-    model = build_model(spec, registry=registry)
-    if meta_tensors_outside_state_dict(model):
-        # the plugin computes tensors at construction that no checkpoint holds: build it for real instead
-        model = build_model(spec, registry=registry, device="cpu")
+    model = build_for_loading(spec, registry=registry)
     load_weights(model, state_dict)
     place(model, target, weights_dtype)
     model.eval()

@@ -60,6 +60,8 @@ class PluginRegistry:
         self.pm.add_hookspecs(hookspecs)
         self._origins: dict[str, str] = {}
         self.failures: list[PluginInfo] = []
+        #: answers derived from the plugins (e.g. the merged model names), dropped whenever plugins change
+        self.cache: dict[str, Any] = {}
         for module_name in builtins:
             self.register(importlib.import_module(module_name), name=module_name, origin="builtin")
         if entry_points:
@@ -73,12 +75,14 @@ class PluginRegistry:
         if registered is None:
             raise PluginError(f"plugin {name!r} is already registered", plugin=name)
         self._origins[registered] = origin
+        self.cache.clear()
         return registered
 
     def unregister(self, name: str) -> None:
         """Remove the plugin registered as ``name``."""
         self.pm.unregister(name=name)
         self._origins.pop(name, None)
+        self.cache.clear()
 
     def _load_entry_points(self) -> None:
         disabled = {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
@@ -137,14 +141,14 @@ class PluginRegistry:
         except ClipkitError:
             raise  # a deliberate, typed answer (a checksum mismatch, a bad state dict)
         except Exception as exc:
+            if self.origin(impl.plugin_name) == "builtin":
+                raise  # clipkit's own code: its exception is the truth, not a "plugin bug"
             failure = PluginError(
                 f"clipkit plugin {impl.plugin_name!r} raised {type(exc).__name__} in hook "
                 f"{hook_name} (plugin from {self.origin(impl.plugin_name)}): {exc}",
                 plugin=impl.plugin_name,
                 hook=hook_name,
             )
-            if self.origin(impl.plugin_name) == "builtin":
-                raise failure from exc
             warnings.warn(f"{failure} (skipped; other plugins were asked)", PluginWarning, stacklevel=3)
             return False, failure
 

@@ -61,30 +61,65 @@ def test_missing_path_is_checkpoint_not_found(tmp_path):
         clipkit.load(str(tmp_path / "absent.pt"), device="cpu")
 
 
-def test_duplicate_registered_name_is_an_error(registry):
+def test_duplicate_registered_name_fails_only_when_that_name_is_used(registry, tmp_path, vit_sd):
     class Dup:
         @clipkit.hookimpl
         def register_models(self):
             return {"ViT-B/32": clipkit.ModelSource(url="https://mirror.example/ViT-B-32.pt")}
 
     register_plugin(Dup(), name="dup-names")
+    with pytest.warns(PluginWarning, match="registered by both 'clipkit.builtin.models' and 'dup-names'"):
+        assert clipkit.available_models() == OFFICIAL_NAMES
     with pytest.raises(PluginError, match="registered by both 'clipkit.builtin.models' and 'dup-names'"):
-        clipkit.available_models()
+        clipkit.load("ViT-B/32", device="cpu")
+    model, _ = clipkit.load(_save(tmp_path, vit_sd), device="cpu")  # everything else keeps working
+    assert model.visual.input_resolution == factories.TINY_VIT.image_resolution
+
+
+def test_register_models_is_asked_once_until_plugins_change(registry):
+    calls = []
+
+    class Counting:
+        @clipkit.hookimpl
+        def register_models(self):
+            calls.append(1)
+            return {"counted": clipkit.ModelSource(url="https://example.invalid/counted.pt")}
+
+    register_plugin(Counting(), name="counting")
+    for _ in range(3):
+        assert "counted" in clipkit.available_models()
+    with pytest.raises(UnknownModelError):
+        clipkit.load("not-a-model", device="cpu")
+    assert len(calls) == 1
+    register_plugin(Greedy(), name="greedy")  # any change of plugins asks again
+    clipkit.available_models()
+    assert len(calls) == 2
+
+
+def test_local_path_with_double_colon_is_a_path(tmp_path, vit_sd):
+    folder = tmp_path / "run::1"
+    folder.mkdir()
+    model, _ = clipkit.load(str(_save(folder, vit_sd)), device="cpu")
+    assert model.visual.input_resolution == factories.TINY_VIT.image_resolution
 
 
 def test_registered_name_loads_from_the_cache_without_network(registry, tmp_path, vit_sd, monkeypatch):
     import hashlib
 
+    from clipkit.fetching import cache_path
+
+    staged = _save(tmp_path, vit_sd, name="tiny.pt")
+    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+    url = f"https://clip.invalid/models/{digest}/tiny.pt"  # an unroutable host: any network attempt fails
     cache = tmp_path / "cache"
-    cache.mkdir()
-    path = _save(cache, vit_sd, name="tiny.pt")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    target = cache_path(url, cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged.rename(target)
 
     class Names:
         @clipkit.hookimpl
         def register_models(self):
-            # an unroutable host: any network attempt would fail the test
-            return {"tiny-vit": clipkit.ModelSource(url=f"https://clip.invalid/models/{digest}/tiny.pt", sha256=digest)}
+            return {"tiny-vit": clipkit.ModelSource(url=url, sha256=digest)}
 
     register_plugin(Names(), name="names")
     monkeypatch.setenv("CLIPKIT_OFFLINE", "1")
@@ -279,6 +314,8 @@ def test_unknown_override_names_the_spec_fields(tmp_path, vit_sd):
 def test_invalid_override_value_is_a_configuration_error(tmp_path, vit_sd):
     with pytest.raises(ConfigurationError, match="text_heads"):
         clipkit.load(_save(tmp_path, vit_sd), device="cpu", text_heads=7)
+    with pytest.raises(ConfigurationError, match="quick_gelu must be True or False"):
+        clipkit.load(_save(tmp_path, vit_sd), device="cpu", quick_gelu="False")
 
 
 def test_default_on_cpu_is_float32_and_eval_mode(tmp_path, vit_sd):
