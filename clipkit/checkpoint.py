@@ -10,7 +10,9 @@ safetensors files are memory-mapped, copy-on-write, with no copy of the data.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import pickle
 import struct
 import warnings
@@ -97,24 +99,53 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return flatten_checkpoint(_read_file(path), source=str(path))
 
 
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.safetensors$")
+_PREFERRED_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def _read_directory(path: Path) -> dict[str, torch.Tensor]:
+    """Read the one checkpoint a directory holds: its safetensors shards, or its single/preferred weights file."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    shards = [p for p in files if p.suffix == ".safetensors"]
+    shards = _shard_set(path, files)
     if shards:
         merged: dict[str, torch.Tensor] = {}
         for shard in shards:
             merged.update(read_state_dict(shard))
         return merged
+    for name in _PREFERRED_FILES:
+        if (path / name).is_file():
+            return read_state_dict(path / name)
     if len(files) == 1:
         return read_state_dict(files[0])
-    preferred = [p for p in files if p.name == "pytorch_model.bin"]
-    if preferred:
-        return read_state_dict(preferred[0])
     listing = ", ".join(p.name for p in files) or "no weight files"
     raise CheckpointError(
         f"cannot tell which checkpoint to read in directory {path} (found: {listing}); "
         "pass the file's path instead"
     )
+
+
+def _shard_set(path: Path, files: list[Path]) -> list[Path]:
+    """The shards of one sharded safetensors checkpoint in ``path`` (from its index file or its file names), or []."""
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if len(indexes) == 1:
+        try:
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{indexes[0]} is not a valid safetensors index: {exc}") from exc
+        missing = [name for name in names if not (path / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{path} is missing shards listed in {indexes[0].name}: {', '.join(missing)}")
+        return [path / name for name in names]
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for file in files:
+        match = _SHARD.match(file.name)
+        if match:
+            groups.setdefault((match["stem"], match["total"]), []).append(file)
+    complete = [group for (stem, total), group in groups.items() if len(group) == int(total)]
+    if len(complete) == 1:
+        return complete[0]
+    return []
 
 
 def _read_file(path: Path) -> Any:
@@ -212,26 +243,24 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        (header_len,) = struct.unpack("<Q", fh.read(8))
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is too short to be a safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", head)
         try:
             header = json.loads(fh.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header: expected a JSON object")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     tensors: dict[str, torch.Tensor] = {}
     for key, info in header.items():
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            begin, end = info["data_offsets"]
-            shape = list(info["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: safetensors entry {key!r} is malformed or has an unsupported dtype") from exc
+        dtype, shape, begin, end = _safetensors_entry(path, key, info)
         itemsize = torch.empty((), dtype=dtype).element_size()
-        numel = 1
-        for dim in shape:
-            numel *= dim
+        numel = math.prod(shape)
         offset = data_start + begin
         if end - begin != numel * itemsize or data_start + end > size:
             raise CheckpointError(
@@ -243,6 +272,20 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             tensor = torch.empty(0, dtype=torch.uint8).set_(storage, offset, [end - begin]).clone().view(dtype).reshape(shape)
         tensors[key] = tensor
     return tensors
+
+
+def _safetensors_entry(path: Path, key: str, info: Any) -> tuple[torch.dtype, list[int], int, int]:
+    """Validate one safetensors header entry: a known dtype, non-negative int dims, ``0 <= begin <= end``."""
+    try:
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        shape = list(info["shape"])
+        begin, end = info["data_offsets"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: safetensors entry {key!r} is malformed or has an unsupported dtype") from exc
+    numbers = [*shape, begin, end]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or begin > end:
+        raise CheckpointError(f"{path}: safetensors entry {key!r} has an invalid shape or offsets ({info})")
+    return dtype, shape, begin, end
 
 
 def flatten_checkpoint(obj: Any, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:

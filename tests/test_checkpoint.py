@@ -94,6 +94,31 @@ def test_directory_of_safetensors_shards(tmp_path, weights):
     assert sorted(loaded) == sorted(keys)
 
 
+def test_directory_shards_listed_by_an_index_file(tmp_path, weights):
+    import json
+
+    keys = list(weights)
+    save_file({k: weights[k] for k in keys[:1]}, str(tmp_path / "part-a.safetensors"))
+    save_file({k: weights[k] for k in keys[1:]}, str(tmp_path / "part-b.safetensors"))
+    save_file({"unrelated": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    index = {"weight_map": {k: "part-a.safetensors" if i < 1 else "part-b.safetensors" for i, k in enumerate(keys)}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert sorted(read_state_dict(tmp_path)) == sorted(keys)
+
+
+def test_hub_snapshot_with_two_layouts_reads_model_safetensors_only(tmp_path, weights):
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    save_file({"visual.other": torch.zeros(2)}, str(tmp_path / "open_clip_model.safetensors"))
+    assert sorted(read_state_dict(tmp_path)) == sorted(weights)
+
+
+def test_directory_with_two_unrelated_safetensors_is_refused(tmp_path, weights):
+    save_file(weights, str(tmp_path / "a.safetensors"))
+    save_file(weights, str(tmp_path / "b.safetensors"))
+    with pytest.raises(CheckpointError, match="a.safetensors, b.safetensors"):
+        read_state_dict(tmp_path)
+
+
 def test_directory_with_two_candidates_is_refused(tmp_path, weights):
     torch.save(weights, tmp_path / "a.pt")
     torch.save(weights, tmp_path / "b.pt")
@@ -187,3 +212,25 @@ def test_safetensors_with_bad_header(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 8)
     with pytest.raises(CheckpointError, match="header"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [-4], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]},
+        {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]},
+        "not an object",
+    ],
+    ids=["negative-dim", "float-dim", "negative-offset", "reversed-offsets", "unknown-dtype", "not-a-dict"],
+)
+def test_safetensors_with_invalid_entries(tmp_path, entry):
+    import json
+
+    path = tmp_path / "bad.safetensors"
+    header = json.dumps({"x": entry}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="'x'"):
+        read_safetensors(path)
