@@ -32,6 +32,7 @@ import attrs
 import torch
 
 from clipkit.errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from clipkit.nn.clip import METADATA_KEYS  # the entries official archives add next to the weights
 
 __all__ = [
     "METADATA_KEYS",
@@ -41,9 +42,6 @@ __all__ = [
     "read_torchscript_state_dict",
     "split_metadata",
 ]
-
-#: State entries the official archives add next to the weights (0-dim int64 buffers).
-METADATA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -253,8 +251,8 @@ class _StorageReader:
                 "the file is truncated or damaged: fetch it again"
             )
         start = self._data_offset(info) if info.compress_type == zipfile.ZIP_STORED and nbytes else -1
-        if nbytes == 0:
-            storage = torch.UntypedStorage(0)
+        if nbytes == 0:  # a non-resizable empty view: a crafted rebuild cannot grow it into stray memory
+            storage = self._whole_file()[0:0]
         elif start >= 0 and start % itemsize == 0:
             storage = self._whole_file()[start : start + nbytes]
         else:
@@ -464,10 +462,27 @@ class _ClassDeclarations:
         return classes
 
 
+_MAX_DEPTH = 64  # real module trees are a handful of levels deep
+
+
 def _walk(
-    obj: _ScriptObject, prefix: str, declarations: _ClassDeclarations, path: Path
+    obj: _ScriptObject,
+    prefix: str,
+    declarations: _ClassDeclarations,
+    path: Path,
+    _seen: frozenset[int] = frozenset(),
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(dotted name, tensor)`` for ``obj``'s parameters, buffers, then children, in ``state_dict()`` order."""
+    """Yield ``(dotted name, tensor)`` for ``obj``'s parameters, buffers, then children, in ``state_dict()`` order.
+
+    A module that contains itself, or a tree deeper than any real model, is a
+    ``CheckpointError`` (a crafted file), not a recursion crash.
+    """
+    if id(obj) in _seen or len(_seen) >= _MAX_DEPTH:
+        raise CheckpointError(
+            f"{path}: module {prefix.rstrip('.') or '<root>'} contains itself or nests deeper than "
+            f"{_MAX_DEPTH} levels; the archive is damaged or crafted"
+        )
+    _seen = _seen | {id(obj)}
     declared = declarations.lookup(obj.qualified_name)
     state = obj.state
     if not isinstance(state, dict):
@@ -490,7 +505,7 @@ def _walk(
                 yield prefix + name, value
     for name, value in state.items():
         if isinstance(value, _ScriptObject) and _is_module(value, declarations):
-            yield from _walk(value, f"{prefix}{name}.", declarations, path)
+            yield from _walk(value, f"{prefix}{name}.", declarations, path, _seen)
 
 
 def _is_module(obj: _ScriptObject, declarations: _ClassDeclarations) -> bool:

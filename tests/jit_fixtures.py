@@ -292,6 +292,18 @@ def payload_nested(module: str, name: str, arg: str) -> bytes:
     )
 
 
+def payload_cycle() -> bytes:
+    """A module record whose ``child`` entry is the record itself (memoised, then fetched back with BINGET)."""
+    return (
+        b"\x80\x02c__torch__.model\nCLIP\n)\x81q\x00}("  # record, NEWOBJ, memo 0, state dict, MARK
+        + _binunicode("training")
+        + b"\x89"
+        + _binunicode("child")
+        + b"h\x00"  # the record itself
+        + b"ub."
+    )
+
+
 def make_malicious_archive(path: str | Path, payload: bytes) -> Path:
     """A TorchScript-shaped archive (``code/``, ``constants.pkl``) whose ``data.pkl`` is ``payload``."""
     entries = [

@@ -276,3 +276,9 @@ def test_jit_false_never_touches_torchscript(releases, monkeypatch: pytest.Monke
         clipkit.load(releases["tiny-vit"][1], jit=False, device="cpu")
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "torch.jit" in m or "TorchScript" in m or "torch.export" in m], messages
+
+
+def test_a_module_that_contains_itself_is_a_checkpoint_error(tmp_path: Path) -> None:
+    path = jit_fixtures.make_malicious_archive(tmp_path / "cycle.pt", jit_fixtures.payload_cycle())
+    with pytest.raises(CheckpointError, match="contains itself"):
+        archive.read_torchscript_state_dict(path)
