@@ -22,6 +22,10 @@ class ConfigurationError(ClipkitError, ValueError):
     """An argument or setting is invalid (a malformed digest, an unknown device, a bad override)."""
 
 
+class ContextLengthError(ConfigurationError, RuntimeError):
+    """A text is longer than the model's context. Also a ``RuntimeError``, as the reference ``clip.tokenize`` raises."""
+
+
 class UnknownModelError(ClipkitError, KeyError):
     """A name is neither a registered model, nor a path that exists, nor a URL."""
 
@@ -156,6 +160,7 @@ __all__ = [
     "ChecksumError",
     "ClipkitError",
     "ConfigurationError",
+    "ContextLengthError",
     "FetchError",
     "JITError",
     "NoClaimantError",

@@ -18,7 +18,7 @@ import ftfy
 import regex
 import torch
 
-from clipkit.errors import ConfigurationError
+from clipkit.errors import ContextLengthError
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -118,7 +118,8 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: boo
     """Tokenize ``texts`` into a ``[len(texts), context_length]`` int64 tensor, as the reference ``clip.tokenize``.
 
     Each row is ``<start> ids... <end>`` zero-padded. A text longer than the
-    context raises ``ConfigurationError`` unless ``truncate=True``, which keeps
+    context raises ``ContextLengthError`` (a ``ValueError`` and a
+    ``RuntimeError``) unless ``truncate=True``, which keeps
     the first tokens and ends the row with the end token.
     """
     if isinstance(texts, str):
@@ -129,7 +130,7 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: boo
         ids = [tokenizer.sot_token, *tokenizer.encode(text), tokenizer.eot_token]
         if len(ids) > context_length:
             if not truncate:
-                raise ConfigurationError(
+                raise ContextLengthError(
                     f"text {row} is {len(ids)} tokens long, more than the context length {context_length}: "
                     "shorten it or pass truncate=True"
                 )

@@ -47,6 +47,8 @@ def test_too_long_raises_unless_truncated():
     long_text = "word " * 100
     with pytest.raises(ConfigurationError, match="truncate=True"):
         clipkit.tokenize(long_text)
+    with pytest.raises(RuntimeError):  # what code written against the reference catches
+        clipkit.tokenize(long_text)
     tokens = clipkit.tokenize(long_text, truncate=True)
     expected = oracles.openai_clip().tokenize(long_text, truncate=True)
     assert torch.equal(tokens, expected.long())

@@ -28,6 +28,13 @@ def _divides(width_field: str):
     return check
 
 
+def _boolean(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be True or False, got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class CLIPSpec(ArchSpec):
     """Fields shared by the built-in dual encoders: the text transformer and the joint embedding."""
@@ -38,7 +45,7 @@ class CLIPSpec(ArchSpec):
     text_width: int = attrs.field(validator=_positive)
     text_layers: int = attrs.field(validator=_positive)
     text_heads: int = attrs.field(validator=_divides("text_width"))
-    quick_gelu: bool = True
+    quick_gelu: bool = attrs.field(default=True, validator=_boolean)
 
 
 @attrs.frozen(kw_only=True)
