@@ -37,10 +37,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_models() -> Mapping[str, ModelSource] | None:
     """Name the checkpoints this plugin knows, as ``{name: ModelSource}``.
 
-    Called once, the first time names are needed (``clipkit.available_models()``
-    or ``clipkit.load`` with a name). Every plugin's answer is merged; a name
-    offered by two plugins is a ``PluginError`` naming both. Return ``None`` or
-    an empty mapping to register nothing.
+    Called when names are first needed (``clipkit.available_models()`` or
+    ``clipkit.load`` with a string source); the merged answer is kept until a
+    plugin is registered or removed. Every plugin's answer is merged, built-ins
+    first; a name offered by two plugins is listed once with a warning, and
+    loading that name raises ``PluginError`` naming both. Return ``None`` or an
+    empty mapping to register nothing.
     """
 
 
@@ -56,8 +58,11 @@ def fetch_checkpoint(
     or ``None`` when the caller gave none (the fetcher may still find one in the
     URL). ``storage_options`` are the caller's fsspec options (credentials,
     endpoint) to pass to the filesystem. Verify the digest before returning,
-    raising ``clipkit.errors.ChecksumError`` on a mismatch. Return ``None`` for
-    "not my scheme": the next plugin is asked. The first non-``None`` answer wins.
+    raising ``clipkit.errors.ChecksumError`` on a mismatch. When
+    ``clipkit.fetching.is_offline()`` is true (``CLIPKIT_OFFLINE=1``), never
+    touch the network: return a cached copy or raise ``clipkit.errors.OfflineError``.
+    Return ``None`` for "not my scheme": the next plugin is asked. The first
+    non-``None`` answer wins.
     """
 
 
@@ -81,9 +86,12 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor], path: Path | Non
 def build_model(spec: ArchSpec) -> torch.nn.Module | None:
     """Build the model ``spec`` describes, or return ``None`` for "not my family".
 
-    Called once, inside ``torch.device("meta")``: construct the module (no
-    weights are initialised or allocated); the core then loads the checkpoint
-    into it with ``load_state_dict(strict=True, assign=True)``. The module must
+    Called inside ``torch.device("meta")``: construct the module (no weights
+    are initialised or allocated); the core then loads the checkpoint into it
+    with ``load_state_dict(strict=True, assign=True)``. If the module holds
+    tensors that no checkpoint fills (a non-persistent buffer computed at
+    construction), the core calls the hook once more on the CPU and loads into
+    that model instead: correct, but it pays for a real initialisation. The module must
     provide ``encode_image(images)``, ``encode_text(tokens)`` and
     ``forward(images, tokens) -> (logits_per_image, logits_per_text)``. Its
     ``state_dict`` keys must match the checkpoint's (remap in a

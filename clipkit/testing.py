@@ -654,7 +654,7 @@ class PluginConformance:
 
         import clipkit
         from clipkit import checkpoint
-        from clipkit.loader import build_model, load_weights, meta_tensors_outside_state_dict, place
+        from clipkit.loader import build_for_loading, load_weights, place
 
         path = self.sample_checkpoint(tmp_path)
         model, preprocess = clipkit.load(path, device="cpu")
@@ -665,9 +665,7 @@ class PluginConformance:
 
         image = preprocess(Image.new("RGB", (50, 40), (10, 120, 240))).unsqueeze(0)
         tokens = sample_tokens(model.context_length, model.vocab_size, 2)
-        expected = build_model(spec, registry=conformance_registry)
-        if meta_tensors_outside_state_dict(expected):
-            expected = build_model(spec, registry=conformance_registry, device="cpu")
+        expected = build_for_loading(spec, registry=conformance_registry)
         load_weights(expected, checkpoint.read_state_dict(path))
         place(expected, torch.device("cpu"), torch.float32)
         expected.eval()
