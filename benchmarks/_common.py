@@ -1,0 +1,114 @@
+"""Shared pieces of the benchmarks: random official-layout checkpoints, the peers' imports, tables.
+
+Checkpoints come from ``tests/factories.py`` (random weights, exactly the
+official key layout and fp16/fp32 dtypes), written once into a cache folder
+(``--cache-dir``, default ``$CLIPKIT_BENCH_CACHE`` or ``~/.cache/clipkit-bench``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import statistics
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path(os.environ.get("CLIPKIT_BENCH_CACHE", "~/.cache/clipkit-bench")).expanduser()
+
+
+def factories() -> types.ModuleType:
+    """The test suite's checkpoint factory (``tests/factories.py``)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("factories")
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of an official model name (``ViT-B/32`` -> ``ViT-B-32``)."""
+    return name.replace("/", "-").replace("@", "-")
+
+
+def checkpoint(name: str, cache_dir: Path, *, kind: str = "state_dict") -> Path:
+    """The random-weight checkpoint of official architecture ``name``, written on first use.
+
+    ``kind="state_dict"``: a ``torch.save`` zip of the official fp16 state dict.
+    ``kind="torchscript"``: a release-like fp16 TorchScript archive of the same
+    weights (OpenAI's ``build_model``, traced by ``clipkit.jit.export_torchscript``).
+    """
+    import torch
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ".pt" if kind == "state_dict" else ".jit.pt"
+    path = cache_dir / f"{slug(name)}{suffix}"
+    if path.exists():
+        return path
+    config = factories().OFFICIAL_CONFIGS[name]
+    partial = path.with_name(path.name + ".partial")
+    if kind == "state_dict":
+        factories().write_checkpoint(partial, config, seed=0, dtype=torch.float16)
+    elif kind == "torchscript":
+        from clipkit.jit import export_torchscript
+
+        state_dict = factories().make_state_dict(config, seed=0, dtype=torch.float16)
+        model = openai_clip().model.build_model(dict(state_dict)).eval()  # fp16, as the releases were traced
+        export_torchscript(model, partial, batch_size=1)
+    else:
+        raise ValueError(f"kind must be 'state_dict' or 'torchscript', not {kind!r}")
+    partial.replace(path)
+    return path
+
+
+def openai_clip() -> types.ModuleType:
+    """Import OpenAI's ``clip`` (openai-clip 1.0.1); it imports ``pkg_resources``, which new setuptools lacks."""
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        import packaging.version
+
+        shim = types.ModuleType("pkg_resources")
+        shim.packaging = types.SimpleNamespace(version=packaging.version)  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = shim
+    return importlib.import_module("clip")
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values``."""
+    return statistics.median(values)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table; numbers right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [all(_is_number(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in cells)])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("x%"))
+    except ValueError:
+        return text in ("-", "n/a")
+    return True
+
+
+def machine_summary() -> str:
+    """One line: CPU count, torch version and threads, Python, and the load average (benchmarks share the machine)."""
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    return (
+        f"{platform.machine()} {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}; load average {load[0]:.2f}"
+        + (f"; CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no CUDA")
+    )
