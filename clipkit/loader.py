@@ -18,6 +18,7 @@ import torch
 from clipkit import checkpoint
 from clipkit.errors import (
     AmbiguousArchitectureError,
+    CheckpointError,
     CheckpointNotFoundError,
     ConfigurationError,
     NoClaimantError,
@@ -367,6 +368,30 @@ def place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> t
     return cast_model(model, dtype, device=device)
 
 
+def _read_source(path: Path, source: str | os.PathLike[str], sha256: str | None) -> dict[str, torch.Tensor]:
+    """Read ``path``; if it is a download that no digest vouched for and it is not a checkpoint, drop it from the cache.
+
+    Without a digest, an error page served with status 200 would otherwise stay
+    cached and be served again on every load.
+    """
+    try:
+        return checkpoint.read_state_dict(path)
+    except CheckpointError as exc:
+        text = os.fspath(source)
+        if isinstance(exc, CheckpointNotFoundError) or "://" not in text:
+            raise
+        from clipkit import fetching
+
+        if sha256 is not None or fetching.resolve_digest(text).sha256 is not None:
+            raise  # the publisher's own bytes: downloading them again would not help
+        fetching.forget(path)
+        exc.args = (
+            f"{exc}\nThe download from {text} was removed from the cache (no digest vouched for it); "
+            "check the URL, then load again to download it afresh.",
+        )
+        raise
+
+
 # -- the public calls -------------------------------------------------------------------------------
 
 
@@ -407,7 +432,7 @@ def load(
 
         model, resolution = jit_loader.load_jit(path, target, dtype=weights_dtype)
         return model, make_transform(ArchSpec(family="torchscript", image_resolution=resolution), registry=registry)
-    state_dict = checkpoint.read_state_dict(path)
+    state_dict = _read_source(path, source, sha256)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
     model = build_for_loading(spec, registry=registry)
     load_weights(model, state_dict)
@@ -425,4 +450,4 @@ def inspect(
 ) -> ArchSpec:
     """Detect the architecture of ``source`` without building the model; return its ``ArchSpec``."""
     path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options)
-    return detect_architecture(checkpoint.read_state_dict(path), path)
+    return detect_architecture(_read_source(path, source, sha256), path)
