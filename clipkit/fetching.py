@@ -32,23 +32,37 @@ only an inference from a directory name, so an explicit digest overrides it.
 
 Cache layout, inside ``cache_dir``:
 
-* ``<file>`` for URLs in the official layout, so the reference's downloads
-  (``~/.cache/clip/ViT-B-32.pt``) are reused; the name is bound to its content by
-  the digest in the URL, so mirrors share one file (a file there with another
-  digest, or one clipkit has no record of that does not hash right, e.g. the
-  reference's interrupted download, is replaced by a fresh download);
-* ``<stem>-<12 hex of SHA-256(URL)><suffix>`` for every other URL, so two
-  different URLs ending in ``model.pt`` never share a file (the suffix is kept
-  for format detection; for s3 and other fsspec URLs the endpoint is part of the
-  hashed key);
+* ``<file>`` for the nine official releases only (file name and digest both
+  those of a release in ``clipkit.builtin.models``), so the reference's downloads
+  (``~/.cache/clip/ViT-B-32.pt``) are reused, whichever mirror serves them;
+* ``<stem>-<first 12 hex of the expected SHA-256><suffix>`` for every other
+  source whose digest is known (argument, fragment or URL path): the slot is
+  bound to one content, so two checkpoints called ``open_clip_model.pt`` with
+  different digests never share a file, and a file another process is about to
+  open is never replaced by one with another digest;
+* ``<stem>-<12 hex of SHA-256(URL)><suffix>`` for a URL without any digest, so
+  two different URLs ending in ``model.pt`` never share a file (the suffix is
+  kept for format detection; for s3 and other fsspec URLs the endpoint is part
+  of the hashed key). A fetch of that URL *with* a digest also accepts this
+  slot when its verified record holds that very digest;
 * ``.clipkit/<file>.json`` (verified record), ``.clipkit/<file>.lock`` (one lock
   per target, so N processes download once) and ``.clipkit/<file>.<random>.part``
   (a download in progress; never trusted, removed by the next fetch of the same
   target once it holds the lock).
 
-A URL without any digest is downloaded once and then served from the cache; the
-record keeps the digest computed during that download. Delete the cached file
-(or fetch with a digest) to refresh it.
+A file clipkit has no record of (the reference's download) is adopted when it
+hashes to the expected digest and otherwise replaced by a fresh download. A URL
+without any digest is downloaded once and then served from the cache; the record
+keeps the digest computed during that download. ``fetch(..., force_download=True)``
+(``clipkit fetch --force``) or ``forget(path)`` refreshes it.
+
+A cache directory clipkit cannot write to (a shared, pre-filled cluster cache;
+a read-only mount) still serves the files present in it, without a lock and
+without writing a record: each is hashed against its expected digest on every
+load (a file of a URL without a digest is served as it is). Only a download
+needs a writable cache; every failure to write there (permissions, read-only
+file system, disk full) is a ``ConfigurationError`` or ``FetchError`` naming
+the directory, and leaves no partial file behind.
 
 Environment: ``CLIPKIT_OFFLINE=1`` never touches the network;
 ``CLIPKIT_MAX_RETRIES`` (5), ``CLIPKIT_RETRY_BASE_DELAY`` (1 s, doubled each
@@ -87,6 +101,7 @@ import filelock
 from clipkit.errors import (
     AccessDeniedError,
     CheckpointNotFoundError,
+    ClipkitError,
     ChecksumError,
     ConfigurationError,
     FetchError,
@@ -168,7 +183,15 @@ class FetchSettings:
 
 
 def is_offline() -> bool:
-    """Whether ``CLIPKIT_OFFLINE`` is set (to anything but ``0``, ``false``, ``no``, ``off``): nothing is downloaded."""
+    """Whether ``CLIPKIT_OFFLINE`` is set (to anything but ``0``, ``false``, ``no``, ``off``): nothing is downloaded.
+
+    Every ``fetch_checkpoint`` implementation must honour it, third-party
+    plugins included: before touching the network, call ``is_offline()`` and,
+    when it is true and the checkpoint is not already on disk, raise
+    ``clipkit.errors.OfflineError`` (naming the source and saying it is not
+    cached) instead of downloading. ``clipkit.fetching.fetch`` does this itself,
+    so a plugin that delegates to it needs no check of its own.
+    """
     return os.environ.get("CLIPKIT_OFFLINE", "").strip().lower() not in _FALSY
 
 
@@ -301,30 +324,51 @@ def _endpoint_of(scheme: str | None, storage_options: Mapping[str, Any]) -> str 
     return str(endpoint) if endpoint else None
 
 
-def cache_path(
-    location: str, cache_dir: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> Path:
-    """Where ``location`` (a URL without its digest fragment) is cached inside ``cache_dir``.
+def _official_files() -> frozenset[tuple[str, str]]:
+    from clipkit.builtin.models import OFFICIAL_FILES  # imported late: the registry module imports plugin machinery
 
-    URLs in the official layout (``.../<sha256>/<file>``) keep the bare file
-    name, the reference's layout; any other URL gets ``<stem>-<12 hex><suffix>``
-    with the hex from the URL (and the endpoint of object stores), so two URLs
-    that end in the same file name never share a cache entry.
+    return OFFICIAL_FILES
+
+
+def cache_path(
+    location: str,
+    cache_dir: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    sha256: str | None = None,
+) -> Path:
+    """Where ``fetch(location, sha256=sha256, ...)`` caches ``location`` inside ``cache_dir``.
+
+    ``location`` may carry a ``#sha256=`` fragment and the digest is resolved as
+    ``fetch`` does (argument, fragment, 64-hex last directory). An official
+    release (its file name with its own digest) keeps the bare file name, the
+    reference's layout; any other source with a digest gets
+    ``<stem>-<12 hex of the digest><suffix>``, and one without gets
+    ``<stem>-<12 hex of SHA-256(URL and object-store endpoint)><suffix>``, so
+    neither two contents nor two URLs ever share a cache entry. Raises
+    ``ConfigurationError`` for a malformed digest or a URL without a file name.
     """
+    resolved = resolve_digest(os.fspath(location), sha256)
+    return _slot(resolved.location, Path(cache_dir).expanduser(), storage_options or {}, resolved.sha256)
+
+
+def _slot(location: str, cache_dir: Path, storage_options: Mapping[str, Any], digest: str | None) -> Path:
     raw = posixpath.basename(_url_path(location))
     name = urllib.parse.unquote(raw).replace("/", "_").replace("\\", "_").replace("\x00", "_")
     if name in ("", ".", "..") or name.startswith("."):
         raise ConfigurationError(
             f"{location!r} does not end in a file name clipkit can cache; give the URL of the checkpoint file itself"
         )
-    cache_dir = Path(cache_dir).expanduser()
-    if digest_in_path(location):
-        return cache_dir / name[:200]
-    key = location
-    endpoint = _endpoint_of(url_scheme(location), storage_options or {})
-    if endpoint:
-        key = f"{key}\n{endpoint}"
-    tag = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    if digest is not None and (digest, name) in _official_files():
+        return cache_dir / name
+    if digest is not None:
+        tag = digest[:12]
+    else:
+        key = location
+        endpoint = _endpoint_of(url_scheme(location), storage_options)
+        if endpoint:
+            key = f"{key}\n{endpoint}"
+        tag = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
     stem, suffix = os.path.splitext(name)
     if len(suffix) > 16:
         stem, suffix = name, ""
@@ -410,9 +454,68 @@ def _write_record(target: Path, record: VerifiedRecord) -> None:
 
 
 def _forget(target: Path) -> None:
+    """Remove ``target`` and its record (call while holding its lock, or where no lock can be had)."""
     for path in (target, record_path(target)):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _cache_error(exc, target.parent, action=f"remove {path}") from None
+
+
+def forget(target: str | os.PathLike[str]) -> None:
+    """Remove the cached file ``target`` (a path ``fetch`` returned), its verified record and its leftover part files.
+
+    For a download that turned out to be unusable (e.g. a URL without a digest
+    that answered an HTML error page with status 200): the next ``fetch`` of
+    that source downloads it again. It waits for the target's lock, so a
+    download of the same target in another process finishes first. A file
+    clipkit has no record of (a user's own file served in place, a file adopted
+    from a read-only cache) is left alone; a missing file is not an error. Raises
+    ``ConfigurationError`` when the cache directory does not let the file be removed.
+    """
+    target = Path(target)
+    if not _meta_dir(target).is_dir():
+        return  # nothing clipkit ever wrote is there
+    try:
+        lock = filelock.FileLock(lock_path(target))
+        lock.acquire()
+    except OSError as exc:
+        raise _cache_error(exc, target.parent, action=f"lock {lock_path(target)}") from None
+    try:
+        if record_path(target).exists():  # another process may have forgotten it while we waited
+            _forget(target)
+        _remove_stale_parts(target)
+    finally:
+        lock.release()
+
+
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _cache_error(exc: OSError, cache_dir: Path, *, action: str, source: str | None = None,
+                 needed: int | None = None) -> ConfigurationError | FetchError:
+    """The typed error for an ``OSError`` met while writing in the cache directory ``cache_dir``."""
+    what = f" while fetching {source}" if source else ""
+    if exc.errno in _NOT_WRITABLE:
+        return ConfigurationError(
+            f"the cache directory {cache_dir} is not writable: could not {action}{what} "
+            f"({exc.strerror or exc}); pass a writable download_root= or set $CLIPKIT_CACHE"
+        )
+    if exc.errno in _NO_SPACE:
+        size = f" (the file is {needed} bytes)" if needed else ""
+        return FetchError(
+            f"no space left in the cache directory {cache_dir}{what}{size}: could not {action}; free some "
+            f"space there, or pass download_root= / set $CLIPKIT_CACHE to a disk with room",
+            source=source,
+        )
+    return FetchError(
+        f"could not {action} in the cache directory {cache_dir}{what} ({type(exc).__name__}: {exc}); "
+        f"check that disk, or pass download_root= / set $CLIPKIT_CACHE to another directory",
+        source=source,
+    )
 
 
 # -- hashing and verifying local files ----------------------------------------------------
@@ -683,6 +786,8 @@ class _FsspecTransport:
             )
         if isinstance(exc, _transient_fsspec_types()) or (type(exc) is OSError):
             return _Transient(f"{name}: {exc}")
+        if isinstance(exc, OSError) and not isinstance(exc, ClipkitError):
+            return FetchError(f"could not fetch {self.source}: {name}: {exc}", source=self.source)
         return exc
 
     def open(self, offset: int) -> _Body:
@@ -848,31 +953,46 @@ def _stream(transport: _Transport, part: _PartFile, *, source: str, settings: Fe
 
 def _download(transport: _Transport, target: Path, *, source: str, expected: str | None,
               settings: FetchSettings, progress: bool) -> str:
-    """Download into a part file next to ``target``, verify, fsync, rename into place, record; return the digest."""
+    """Download into a part file next to ``target``, verify, fsync, rename into place, record; return the digest.
+
+    An ``OSError`` from the cache side (creating, writing, syncing or renaming
+    the part file) becomes ``ConfigurationError`` or ``FetchError`` naming the
+    cache directory; in every failure the part file is removed.
+    """
     from tqdm.auto import tqdm
 
-    part, fd = _new_part(target)
-    sink = _PartFile(fd)
+    step = "create a temporary file in " + str(_meta_dir(target))
+    try:
+        part, fd = _new_part(target)
+    except OSError as exc:
+        raise _cache_error(exc, target.parent, action=step, source=source) from None
     bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
                disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True)
     try:
+        sink = _PartFile(fd)
         try:
+            step = f"write {part.name}"
             actual, _ = _stream(transport, sink, source=source, settings=settings, bar=bar)
+            step = f"flush {part.name} to disk"
             sink.finish()
         finally:
-            sink.close()
+            with contextlib.suppress(OSError):  # a failed flush was reported by finish() already
+                sink.close()
             bar.close()
         if expected is not None and actual != expected:
             raise _checksum_error(source, expected, actual,
                                   "The download was discarded and nothing was cached; check the digest you "
                                   "gave (argument, #sha256= or the URL), or whether the source changed.")
+        step = f"move the download into place as {target}"
         os.replace(part, target)
     except BaseException as exc:  # Ctrl-C and a full disk too: nothing half-written may stay behind
         with contextlib.suppress(OSError):
             os.unlink(part)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and hasattr(exc, "add_note"):
-            exc.add_note(f"while downloading {source} into {target.parent}; free some space or choose another "
-                         f"download_root / $CLIPKIT_CACHE")
+        if isinstance(exc, OSError) and not isinstance(exc, ClipkitError):
+            # transports turn their own OSErrors into _Transient or FetchError: this one is the cache's
+            needed = bar.total if isinstance(bar.total, (int, float)) and bar.total > 0 else None
+            raise _cache_error(exc, target.parent, action=step, source=source,
+                               needed=int(needed) if needed else None) from None
         raise
     _fsync_dir(target.parent)
     _write_record(target, VerifiedRecord.of(target, actual, source))
@@ -896,7 +1016,7 @@ def _lookup(target: Path, expected: str | None, *, source: str, force_verify: bo
     to the expected digest and otherwise replaced by a download.
     """
     if not target.is_file():
-        return _Lookup(False, "not in cache")
+        return _Lookup(False, f"there is no {target}")
     record = read_record(target)
     if record is not None and record.matches(target) and not force_verify:
         recorded = record.sha256
@@ -930,29 +1050,80 @@ def _quick_hit(target: Path, expected: str | None) -> bool:
     return record is not None and record.matches(target) and expected in (None, record.sha256)
 
 
+class _NotWritable(Exception):
+    """The cache directory (or its ``.clipkit``) cannot be written: only files already there can be served."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _prepare_cache_dir(cache_dir: Path) -> None:
+    """Create ``cache_dir/.clipkit``; raise ``_NotWritable`` when permissions or a read-only mount forbid it."""
+    try:
+        (cache_dir / META_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            raise _NotWritable(exc) from None
+        raise ConfigurationError(
+            f"cannot create the cache directory {cache_dir / META_DIR} ({exc.strerror or exc}); pass a writable "
+            f"download_root= or set $CLIPKIT_CACHE"
+        ) from None
+
+
 @contextlib.contextmanager
 def _target_lock(target: Path, *, source: str, progress: bool) -> Iterator[None]:
+    """Hold ``target``'s lock; ``_NotWritable`` when the lock file cannot be created there."""
     lock = filelock.FileLock(lock_path(target))
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        if progress:
-            print(f"clipkit: waiting for another process fetching {source} ...", file=sys.stderr, flush=True)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if progress:
+                print(f"clipkit: waiting for another process fetching {source} ...", file=sys.stderr, flush=True)
+            lock.acquire()
+    except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            raise _NotWritable(exc) from None
+        raise _cache_error(exc, target.parent, action=f"create the lock file {lock_path(target)}",
+                           source=source) from None
     try:
         yield
     finally:
         lock.release()
 
 
-def _prepare_cache_dir(cache_dir: Path) -> None:
-    try:
-        (cache_dir / META_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+def _serve_read_only(targets: list[Path], expected: str | None, *, source: str, why: _NotWritable,
+                     force_download: bool) -> Path:
+    """Serve ``source`` from a cache directory clipkit cannot write to: the first of ``targets`` there that hashes to
+    ``expected`` (no record is written), or, without a digest, the first present as it is."""
+    target = targets[0]
+    reason = f"{target.parent} is not writable ({why.error.strerror or why.error})"
+    present = [path for path in targets if path.is_file()]
+    if force_download or not present:
+        if is_offline() and not force_download:
+            raise OfflineError(
+                f"{source} is not in the cache ({target} does not exist), and CLIPKIT_OFFLINE is set, so it was "
+                f"not downloaded; fetch it once while online into a writable cache, or unset CLIPKIT_OFFLINE",
+                source=source,
+            )
+        what = "downloaded again" if force_download else f"downloaded (it is not in the cache: no {target.name})"
         raise ConfigurationError(
-            f"cannot create the cache directory {cache_dir} ({exc}); pass a writable download_root= or set "
+            f"{source} cannot be {what}: the cache directory {reason}; pass a writable download_root= or set "
             f"$CLIPKIT_CACHE"
-        ) from None
+        )
+    if expected is None:
+        return present[0]  # nothing to check it against: served as it is, like any cached file of that URL
+    mismatch = None
+    for path in present:
+        actual = sha256_file(path)
+        if actual == expected:
+            return path
+        mismatch = mismatch or (path, actual)
+    path, actual = mismatch
+    raise _checksum_error(source, expected, actual,
+                          f"The cached file {path} is another file, and it cannot be replaced because "
+                          f"{reason}; pass a writable download_root= or set $CLIPKIT_CACHE.")
 
 
 def fetch(
@@ -963,6 +1134,7 @@ def fetch(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     force_verify: bool = False,
+    force_download: bool = False,
 ) -> Path:
     """Return a local path holding ``source``'s bytes, downloading it into ``cache_dir`` if needed, verified.
 
@@ -971,11 +1143,17 @@ def fetch(
     fragment, else a 64-hex last directory in the URL (see ``resolve_digest``).
     Local files are returned in place (checked when a digest is known). Remote
     ones are served from the cache when the verified record still matches
-    (``force_verify=True`` hashes the file anyway), otherwise downloaded once
-    across processes with retries, resumption and a progress bar (``progress``:
-    ``None`` = when stderr is a terminal). Raises ``ChecksumError``,
-    ``SourceNotFoundError``, ``AccessDeniedError``, ``OfflineError`` (with
-    ``CLIPKIT_OFFLINE=1`` and nothing cached), ``FetchError`` or ``ConfigurationError``.
+    (``force_verify=True`` hashes the file anyway; ``force_download=True``
+    ignores any cached copy and downloads again, still atomically and verified),
+    otherwise downloaded once across processes with retries, resumption and a
+    progress bar (``progress``: ``None`` = when stderr is a terminal). A cache
+    directory that cannot be written serves the files already in it, each
+    hashed against the expected digest on every call (served as it is when no
+    digest is known); only a download needs a writable cache. Raises
+    ``ChecksumError``, ``SourceNotFoundError``, ``AccessDeniedError``,
+    ``OfflineError`` (with ``CLIPKIT_OFFLINE=1`` and nothing cached),
+    ``FetchError`` (also for a full disk) or ``ConfigurationError`` (also for a
+    cache that cannot be written when a download is needed).
     """
     resolved = resolve_digest(os.fspath(source), sha256)
     location, expected = resolved.location, resolved.sha256
@@ -989,24 +1167,39 @@ def fetch(
     settings = FetchSettings.from_env()
     transport = _transport_for(location, str(source), storage_options, settings)  # checks options; no I/O yet
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_path(location, cache_dir, storage_options)
-    if _quick_hit(target, expected) and not force_verify:
-        return target
+    target = _slot(location, cache_dir, storage_options, expected)
+    # the same URL fetched earlier without a digest: served when its record holds this very digest
+    plain = _slot(location, cache_dir, storage_options, None) if expected and not digest_in_path(location) else None
+    if not (force_verify or force_download):
+        if _quick_hit(target, expected):
+            return target
+        if plain is not None and _quick_hit(plain, expected):
+            return plain
 
     show = _progress_enabled(progress)
-    _prepare_cache_dir(cache_dir)
-    with _target_lock(target, source=str(source), progress=show):
-        found = _lookup(target, expected, source=str(source), force_verify=force_verify)
-        if found.hit:
-            return target
-        if is_offline():
-            raise OfflineError(
-                f"{source} is not in the cache ({found.why}), and CLIPKIT_OFFLINE is set, so it was not "
-                f"downloaded; fetch it once while online (clipkit fetch SOURCE) or unset CLIPKIT_OFFLINE",
-                source=str(source),
-            )
-        _remove_stale_parts(target)
-        _download(transport, target, source=str(source), expected=expected, settings=settings, progress=show)
+    try:
+        _prepare_cache_dir(cache_dir)
+        with _target_lock(target, source=str(source), progress=show):
+            if not force_download:
+                found = _lookup(target, expected, source=str(source), force_verify=force_verify)
+                if found.hit:
+                    return target
+                if is_offline():
+                    raise OfflineError(
+                        f"{source} is not in the cache ({found.why}), and CLIPKIT_OFFLINE is set, so it was not "
+                        f"downloaded; fetch it once while online (clipkit fetch SOURCE) or unset CLIPKIT_OFFLINE",
+                        source=str(source),
+                    )
+            elif is_offline():
+                raise OfflineError(
+                    f"{source} cannot be downloaded again: CLIPKIT_OFFLINE is set; unset it to refresh the cache",
+                    source=str(source),
+                )
+            _remove_stale_parts(target)
+            _download(transport, target, source=str(source), expected=expected, settings=settings, progress=show)
+    except _NotWritable as why:
+        candidates = [target] if plain is None else [target, plain]
+        return _serve_read_only(candidates, expected, source=str(source), why=why, force_download=force_download)
     return target
 
 
@@ -1017,6 +1210,7 @@ __all__ = [
     "cache_path",
     "digest_in_path",
     "fetch",
+    "forget",
     "is_fsspec_url",
     "is_offline",
     "local_path_of",

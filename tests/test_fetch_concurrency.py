@@ -102,6 +102,8 @@ def test_four_processes_download_once_and_all_load(tmp_path: Path, checkpoint: t
     for result in results:
         assert result["image"] == pytest.approx(expected["image"], rel=1e-6)
         assert result["text"] == pytest.approx(expected["text"], rel=1e-6)
-    assert (cache / "tiny-vit.pt").read_bytes() == data
-    assert fetching.read_record(cache / "tiny-vit.pt").sha256 == digest
+    cached = fetching.cache_path(server.url(route), cache)
+    assert cached.name == f"tiny-vit-{digest[:12]}.pt"
+    assert cached.read_bytes() == data
+    assert fetching.read_record(cached).sha256 == digest
     assert not list((cache / fetching.META_DIR).glob("*" + fetching.PART_SUFFIX))

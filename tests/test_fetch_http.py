@@ -5,7 +5,9 @@ from __future__ import annotations
 import email.utils
 import errno
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ DATA = os.urandom(300_000)
 DIGEST = hashlib.sha256(DATA).hexdigest()
 OTHER = hashlib.sha256(b"another file").hexdigest()
 OFFICIAL = f"/clip/models/{DIGEST}/Tiny.pt"  # the release layout: the digest is the last directory
+CACHED = f"Tiny-{DIGEST[:12]}.pt"  # where it is cached: only the nine official releases keep their bare name
 PLAIN = "/files/tiny.pt"
 
 FETCH_SCRIPT = """
@@ -57,6 +60,13 @@ def server() -> LoopbackServer:
 
 
 @pytest.fixture
+def tiny_is_official(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let ``Tiny.pt`` with ``DIGEST`` stand in for an official release (the real files are hundreds of MB)."""
+    real = fetching._official_files()
+    monkeypatch.setattr(fetching, "_official_files", lambda: real | {(DIGEST, "Tiny.pt")})
+
+
+@pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays the fetcher asked for (it does not actually sleep)."""
     delays: list[float] = []
@@ -76,7 +86,8 @@ def _visible(cache: Path) -> list[str]:
 # -- the happy path and the cache -----------------------------------------------------------------------
 
 
-def test_download_is_verified_and_cached_under_the_reference_name(server: LoopbackServer, tmp_path: Path) -> None:
+def test_download_is_verified_and_cached_under_the_reference_name(server: LoopbackServer, tmp_path: Path,
+                                                                  tiny_is_official: None) -> None:
     server.add(OFFICIAL, DATA)
     path = fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path)
     assert path == tmp_path / "Tiny.pt"
@@ -96,7 +107,8 @@ def test_cache_hit_makes_no_request(server: LoopbackServer, tmp_path: Path) -> N
     assert server.count() == 1
 
 
-def test_existing_reference_download_is_adopted_without_a_request(server: LoopbackServer, tmp_path: Path) -> None:
+def test_existing_reference_download_is_adopted_without_a_request(server: LoopbackServer, tmp_path: Path,
+                                                                  tiny_is_official: None) -> None:
     server.add(OFFICIAL, DATA)
     (tmp_path / "Tiny.pt").write_bytes(DATA)  # as openai/CLIP left it: no clipkit record
     assert fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path) == tmp_path / "Tiny.pt"
@@ -104,7 +116,8 @@ def test_existing_reference_download_is_adopted_without_a_request(server: Loopba
     assert fetching.read_record(tmp_path / "Tiny.pt").sha256 == DIGEST
 
 
-def test_truncated_reference_download_is_replaced(server: LoopbackServer, tmp_path: Path) -> None:
+def test_truncated_reference_download_is_replaced(server: LoopbackServer, tmp_path: Path,
+                                                  tiny_is_official: None) -> None:
     server.add(OFFICIAL, DATA)
     (tmp_path / "Tiny.pt").write_bytes(DATA[:1000])  # the reference writes in place: a broken run leaves this
     assert fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path).read_bytes() == DATA
@@ -146,7 +159,7 @@ def test_corrupted_body_raises_and_leaves_nothing(server: LoopbackServer, tmp_pa
     assert error.source == server.url(OFFICIAL) and error.expected == DIGEST and error.actual != DIGEST
     assert server.url(OFFICIAL) in str(error) and DIGEST in str(error) and error.actual in str(error)
     assert _visible(tmp_path) == [] and _parts(tmp_path) == []
-    assert not fetching.record_path(tmp_path / "Tiny.pt").exists()
+    assert not fetching.record_path(tmp_path / CACHED).exists()
     assert fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path).read_bytes() == DATA  # next time is clean
 
 
@@ -256,11 +269,208 @@ def test_disk_full_leaves_nothing(server: LoopbackServer, tmp_path: Path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fetching._PartFile, "write", full)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(FetchError, match="no space left in the cache directory") as info:
         fetching.fetch(server.url(PLAIN), cache_dir=tmp_path)
-    assert info.value.errno == errno.ENOSPC
-    assert any("download_root" in note for note in getattr(info.value, "__notes__", ["download_root"]))
+    assert not isinstance(info.value, PermissionError)
+    assert str(tmp_path) in str(info.value) and "download_root" in str(info.value)
+    assert f"{len(DATA)} bytes" in str(info.value)  # the server said how big the file is
+    assert info.value.source == server.url(PLAIN)
     assert _visible(tmp_path) == [] and _parts(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Path:
+    """A 64 KiB tmpfs (a real full disk); skipped where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_really_full_disk_is_a_fetch_error_and_leaves_nothing(server: LoopbackServer, small_tmpfs: Path) -> None:
+    server.add(PLAIN, DATA)  # 300 kB into 64 KiB
+    with pytest.raises(FetchError, match="no space left in the cache directory") as info:
+        fetching.fetch(server.url(PLAIN), cache_dir=small_tmpfs)
+    message = str(info.value)
+    assert str(small_tmpfs) in message and f"{len(DATA)} bytes" in message and "download_root" in message
+    assert _visible(small_tmpfs) == [] and _parts(small_tmpfs) == []
+    # nothing is left taking up the space
+    assert sum(p.stat().st_size for p in small_tmpfs.rglob("*") if p.is_file()) == 0
+
+
+# -- cache slots, refreshing, forgetting -------------------------------------------------------------------------
+
+
+def test_same_file_name_from_two_mirrors_is_downloaded_once_each(server: LoopbackServer, tmp_path: Path) -> None:
+    other_data = os.urandom(50_000)
+    other_digest = hashlib.sha256(other_data).hexdigest()
+    one, two = f"/a/{DIGEST}/open_clip_model.pt", f"/b/{other_digest}/open_clip_model.pt"
+    server.add(one, DATA)
+    server.add(two, other_data)
+    paths = [fetching.fetch(server.url(route), cache_dir=tmp_path) for route in (one, two, one, two)]
+    assert (server.count(one), server.count(two)) == (1, 1)
+    assert paths[0] == paths[2] != paths[1] == paths[3]
+    assert paths[0].read_bytes() == DATA and paths[1].read_bytes() == other_data
+
+
+def test_force_download_replaces_the_cached_copy_and_still_verifies(server: LoopbackServer, tmp_path: Path) -> None:
+    server.add(PLAIN, DATA)
+    cached = fetching.fetch(server.url(PLAIN), cache_dir=tmp_path)
+    newer = os.urandom(10_000)
+    server.add(PLAIN, newer)  # the server now has another file at the same URL
+    assert fetching.fetch(server.url(PLAIN), cache_dir=tmp_path).read_bytes() == DATA  # the cache answers
+    assert fetching.fetch(server.url(PLAIN), cache_dir=tmp_path, force_download=True) == cached
+    assert cached.read_bytes() == newer and fetching.read_record(cached).sha256 == hashlib.sha256(newer).hexdigest()
+    assert server.count(PLAIN) == 2 and _parts(tmp_path) == []
+    # with a digest, a forced download that does not verify leaves the good copy in place
+    server.add(OFFICIAL, DATA)
+    good = fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path)
+    server.add(OFFICIAL, DATA, faults=[Corrupt()])
+    with pytest.raises(ChecksumError):
+        fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path, force_download=True)
+    assert good.read_bytes() == DATA and fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path) == good
+    assert server.count(OFFICIAL) == 2 and _parts(tmp_path) == []
+
+
+def test_forget_discards_a_bad_download_so_it_is_fetched_again(server: LoopbackServer, tmp_path: Path) -> None:
+    page = b"<html><body>Sign in to continue</body></html>"  # an error page served with status 200
+    server.add(PLAIN, page)
+    cached = fetching.fetch(server.url(PLAIN), cache_dir=tmp_path)
+    assert cached.read_bytes() == page
+    leftover = tmp_path / fetching.META_DIR / f"{cached.name}.0123456789ab{fetching.PART_SUFFIX}"
+    leftover.write_bytes(b"half")
+    fetching.forget(cached)
+    assert not cached.exists() and not fetching.record_path(cached).exists() and not leftover.exists()
+    fetching.forget(cached)  # forgetting twice is fine
+    server.add(PLAIN, DATA)
+    assert fetching.fetch(server.url(PLAIN), cache_dir=tmp_path).read_bytes() == DATA
+    assert server.count(PLAIN) == 2
+    mine = tmp_path / "mine.pt"  # a file clipkit never cached (served in place) is left alone
+    mine.write_bytes(DATA)
+    fetching.forget(mine)
+    assert mine.read_bytes() == DATA
+
+
+# -- caches clipkit cannot write to --------------------------------------------------------------------------------
+
+CAPS = "dac_override,dac_read_search"  # what lets root ignore file permissions
+
+FETCH_MANY_SCRIPT = """
+import json, sys
+from pathlib import Path
+from clipkit import fetching
+for item in json.loads(sys.argv[1]):
+    try:
+        path = fetching.fetch(item["url"], cache_dir=Path(item["cache"]), sha256=item.get("sha256"),
+                              **({"force_download": True} if item.get("force") else {}))
+        result = {"path": str(path)}
+    except BaseException as exc:
+        result = {"error": type(exc).__name__, "message": str(exc), "mro": [c.__name__ for c in type(exc).__mro__]}
+    print(json.dumps(result), flush=True)
+"""
+
+
+def _unprivileged_prefix(tmp_path: Path) -> list[str]:
+    """A command prefix under which file permissions bind (as root: without CAP_DAC_OVERRIDE); else skip."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed: cannot run without root's permission override")
+    prefix = ["setpriv", f"--inh-caps=-{CAPS.replace(',', ',-')}", f"--bounding-set=-{CAPS.replace(',', ',-')}"]
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    probe.chmod(0o555)
+    done = subprocess.run([*prefix, sys.executable, "-c", f"open({str(probe / 'x')!r}, 'w')"], capture_output=True)
+    if done.returncode == 0 or b"PermissionError" not in done.stderr:
+        pytest.skip(f"cannot drop root's permission override here: {done.stderr.decode(errors='replace')[-300:]}")
+    probe.rmdir()
+    return prefix
+
+
+def _fetch_many(prefix: list[str], items: list[dict[str, object]], **env: str) -> list[dict[str, object]]:
+    environment = {k: v for k, v in os.environ.items() if k != "CLIPKIT_OFFLINE"} | env
+    done = subprocess.run([*prefix, sys.executable, "-c", FETCH_MANY_SCRIPT, json.dumps(items)], capture_output=True,
+                          text=True, env=environment, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_read_only_cache_serves_what_it_holds(server: LoopbackServer, tmp_path: Path) -> None:
+    prefix = _unprivileged_prefix(tmp_path)
+    wrong = f"/clip/models/{OTHER}/other.pt"
+    for route in (OFFICIAL, PLAIN, wrong, "/files/absent.pt"):
+        server.add(route, DATA)
+    shared = tmp_path / "shared"  # filled by someone else (or by the reference): no .clipkit records
+    shared.mkdir()
+    (shared / CACHED).write_bytes(DATA)
+    fetching.cache_path(server.url(PLAIN), shared).write_bytes(DATA)
+    fetching.cache_path(server.url(wrong), shared).write_bytes(DATA)  # not what that URL's digest says
+    items = [
+        {"cache": str(shared), "url": server.url(OFFICIAL)},  # hashed against the digest in the URL
+        {"cache": str(shared), "url": server.url(PLAIN), "sha256": DIGEST},  # against the given digest
+        {"cache": str(shared), "url": server.url(PLAIN)},  # no digest: served as it is
+        {"cache": str(shared), "url": server.url(wrong)},
+        {"cache": str(shared), "url": server.url("/files/absent.pt")},
+        {"cache": str(shared), "url": server.url(OFFICIAL), "force": True},
+    ]
+    shared.chmod(0o555)
+    try:
+        online = _fetch_many(prefix, items)
+        (shared / fetching.META_DIR).mkdir(mode=0o555)  # .clipkit there but not writable: no lock can be had
+        (shared / fetching.META_DIR).chmod(0o555)
+        offline = _fetch_many(prefix, items, CLIPKIT_OFFLINE="1")
+    finally:
+        shared.chmod(0o755)
+    for results, absent_error in ((online, "ConfigurationError"), (offline, "OfflineError")):
+        assert results[0] == {"path": str(shared / CACHED)}, results[0]
+        assert results[1] == results[2] == {"path": str(fetching.cache_path(server.url(PLAIN), shared))}
+        assert results[3]["error"] == "ChecksumError" and OTHER in results[3]["message"], results[3]
+        assert "not writable" in results[3]["message"]
+        assert results[4]["error"] == absent_error, results[4]
+        assert str(shared) in results[4]["message"] or "CLIPKIT_OFFLINE" in results[4]["message"]
+        assert results[5]["error"] in ("ConfigurationError", "OfflineError"), results[5]
+    assert "not writable" in online[4]["message"] and "download_root" in online[4]["message"]
+    assert "not writable" in online[5]["message"]
+    assert server.count() == 0  # nothing was downloaded, nothing was even asked
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        [CACHED, fetching.META_DIR, fetching.cache_path(server.url(PLAIN), shared).name,
+         fetching.cache_path(server.url(wrong), shared).name])
+    assert list((shared / fetching.META_DIR).iterdir()) == []  # no record, no lock, no part file
+
+
+def test_unwritable_cache_errors_are_typed_and_leave_nothing(server: LoopbackServer, tmp_path: Path) -> None:
+    prefix = _unprivileged_prefix(tmp_path)
+    server.add(PLAIN, DATA)
+    # .clipkit/ not writable, but its lock file is: the lock is had, the temporary file cannot be created
+    no_parts = tmp_path / "no-parts"
+    (no_parts / fetching.META_DIR).mkdir(parents=True)
+    fetching.lock_path(fetching.cache_path(server.url(PLAIN), no_parts)).touch(mode=0o666)
+    # .clipkit/ writable, the cache directory itself not: the download cannot be moved into place
+    no_rename = tmp_path / "no-rename"
+    (no_rename / fetching.META_DIR).mkdir(parents=True)
+    items = [{"cache": str(no_parts), "url": server.url(PLAIN)}, {"cache": str(no_rename), "url": server.url(PLAIN)}]
+    (no_parts / fetching.META_DIR).chmod(0o555)
+    no_rename.chmod(0o555)
+    (no_rename / fetching.META_DIR).chmod(0o777)
+    try:
+        results = _fetch_many(prefix, items)
+    finally:
+        (no_parts / fetching.META_DIR).chmod(0o755)
+        no_rename.chmod(0o755)
+    for result, cache in zip(results, (no_parts, no_rename)):
+        assert result.get("error") == "ConfigurationError", result
+        assert "PermissionError" not in result["mro"]
+        assert "is not writable" in result["message"] and str(cache) in result["message"]
+        assert "download_root" in result["message"] and "CLIPKIT_CACHE" in result["message"]
+        assert _visible(cache) == [] and _parts(cache) == []
+    assert server.count(PLAIN) == 1  # the first never asked; the second downloaded, then could not keep it
 
 
 def _start_downloader(url: str, cache: Path) -> subprocess.Popen[str]:
@@ -322,7 +532,7 @@ def test_progress_bar_shows_size_and_rate(server: LoopbackServer, tmp_path: Path
     server.add(OFFICIAL, DATA)
     fetching.fetch(server.url(OFFICIAL), cache_dir=tmp_path, progress=True)
     err = capsys.readouterr().err
-    assert "Tiny.pt" in err and "293k" in err and "B/s" in err
+    assert "Tiny-" in err and "293k" in err and "B/s" in err
 
 
 # -- end to end: clipkit.load over HTTP ---------------------------------------------------------------------------
@@ -355,7 +565,7 @@ def test_load_from_an_http_url(server: LoopbackServer, tmp_path: Path, tiny_chec
     route = f"/clip/models/{digest}/tiny-vit.pt"
     server.add(route, data, faults=[Status(503, retry_after=0), Drop(after=len(data) // 3)])
     model, preprocess = clipkit.load(server.url(route), device="cpu", download_root=tmp_path)
-    assert (tmp_path / "tiny-vit.pt").read_bytes() == data
+    assert fetching.cache_path(server.url(route), tmp_path).read_bytes() == data
     reference, _ = clipkit.load(str(local), device="cpu")
     assert torch.equal(_image_features(model), _image_features(reference))
     assert server.count(route) == 3  # a 503, a broken transfer, a resumed one
@@ -396,7 +606,7 @@ def test_registered_name_resolves_to_its_url_and_digest(server: LoopbackServer, 
     registry.register(TinyModels(), name="tiny-models")
     model, _ = clipkit.load("tiny-test", device="cpu", download_root=tmp_path)
     assert model.visual.input_resolution == 32
-    assert (tmp_path / "tiny-vit.pt").read_bytes() == data and server.count(route) == 1
+    assert fetching.cache_path(server.url(route), tmp_path).read_bytes() == data and server.count(route) == 1
 
 
 # -- the command line -------------------------------------------------------------------------------------------------
@@ -412,9 +622,9 @@ def test_clipkit_fetch_prints_the_cached_path(server: LoopbackServer, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k != "CLIPKIT_OFFLINE"}
     done = _clipkit("fetch", server.url(OFFICIAL), "--download-root", str(tmp_path), env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path / "Tiny.pt")
+    assert done.stdout.strip() == str(tmp_path / CACHED)
     assert done.stderr == ""  # no terminal, no progress bar
-    assert (tmp_path / "Tiny.pt").read_bytes() == DATA
+    assert (tmp_path / CACHED).read_bytes() == DATA
     assert server.count(OFFICIAL) == 1
 
 

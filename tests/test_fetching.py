@@ -115,10 +115,56 @@ def test_a_63_hex_directory_is_not_a_digest() -> None:
 
 
 def test_official_layout_keeps_the_reference_file_name(tmp_path: Path) -> None:
-    url = f"https://openaipublic.azureedge.net/clip/models/{DIGEST}/ViT-B-32.pt"
-    assert fetching.cache_path(url, tmp_path) == tmp_path / "ViT-B-32.pt"
-    mirror = f"http://mirror.example/clip/{DIGEST}/ViT-B-32.pt"
+    from clipkit.builtin.models import OFFICIAL_MODELS
+
+    release = OFFICIAL_MODELS["ViT-B/32"]
+    assert fetching.cache_path(release.url, tmp_path) == tmp_path / "ViT-B-32.pt"
+    mirror = f"http://mirror.example/clip/{release.sha256}/ViT-B-32.pt"
     assert fetching.cache_path(mirror, tmp_path) == tmp_path / "ViT-B-32.pt"
+    assert fetching.cache_path("https://host/ViT-B-32.pt", tmp_path, sha256=release.sha256) == tmp_path / "ViT-B-32.pt"
+
+
+def test_same_file_name_with_different_digests_never_shares_a_slot(tmp_path: Path) -> None:
+    from clipkit.builtin.models import OFFICIAL_MODELS
+
+    official = OFFICIAL_MODELS["ViT-B/32"]
+    d1 = fetching.cache_path(f"https://one.example/{DIGEST}/open_clip_model.pt", tmp_path)
+    d2 = fetching.cache_path(f"https://two.example/{OTHER}/open_clip_model.pt", tmp_path)
+    assert (d1.name, d2.name) == (f"open_clip_model-{DIGEST[:12]}.pt", f"open_clip_model-{OTHER[:12]}.pt")
+    # the same content from another host, or with its digest given another way, shares d1's slot
+    assert fetching.cache_path(f"https://three.example/x/{DIGEST}/open_clip_model.pt", tmp_path) == d1
+    assert fetching.cache_path(f"s3://b/open_clip_model.pt#sha256={DIGEST}", tmp_path) == d1
+    assert fetching.cache_path("https://b.example/open_clip_model.pt", tmp_path, sha256=DIGEST) == d1
+    # an official file name with another digest is not the official file
+    assert fetching.cache_path(f"https://m.example/{DIGEST}/ViT-B-32.pt", tmp_path).name == f"ViT-B-32-{DIGEST[:12]}.pt"
+    assert fetching.cache_path(official.url, tmp_path, sha256=DIGEST).name == f"ViT-B-32-{DIGEST[:12]}.pt"
+    # another official release's digest with this file name is not it either
+    rn50 = OFFICIAL_MODELS["RN50"].sha256
+    assert fetching.cache_path(f"https://m.example/{rn50}/ViT-B-32.pt", tmp_path).name == f"ViT-B-32-{rn50[:12]}.pt"
+
+
+def test_two_checkpoints_with_one_file_name_are_both_kept(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    other_data = os.urandom(20_000)
+    d1, d2 = DIGEST, hashlib.sha256(other_data).hexdigest()
+    run = uuid.uuid4().hex
+    urls = {d1: f"memory://clipkit-tests/{run}/{d1}/open_clip_model.pt",
+            d2: f"memory://clipkit-tests/{run}/{d2}/open_clip_model.pt"}
+    fs.pipe(urls[d1].split("://", 1)[1], DATA)
+    fs.pipe(urls[d2].split("://", 1)[1], other_data)
+    try:
+        paths = {}
+        for digest in (d1, d2, d1, d2):
+            path = fetching.fetch(urls[digest], cache_dir=tmp_path)
+            paths.setdefault(digest, path)
+            assert path == paths[digest]
+        fs.rm(f"/clipkit-tests/{run}", recursive=True)  # from here on only the cache can answer
+        assert fetching.fetch(urls[d1], cache_dir=tmp_path).read_bytes() == DATA
+        assert fetching.fetch(urls[d2], cache_dir=tmp_path).read_bytes() == other_data
+        assert paths[d1] != paths[d2]
+    finally:
+        if fs.exists(f"/clipkit-tests/{run}"):
+            fs.rm(f"/clipkit-tests/{run}", recursive=True)
 
 
 def test_other_urls_with_the_same_file_name_do_not_collide(tmp_path: Path) -> None:
@@ -305,8 +351,9 @@ def test_offline_serves_the_cache_and_refuses_the_rest(tmp_path: Path, memory_ur
         fetching.fetch(other, cache_dir=tmp_path)
     assert info.value.source == other
     assert not fetching.cache_path(other, tmp_path).exists()
-    with pytest.raises(OfflineError, match=f"has SHA-256 {DIGEST}, not {OTHER}"):
-        fetching.fetch(memory_url, cache_dir=tmp_path, sha256=OTHER)  # a different version is cached
+    with pytest.raises(OfflineError, match="not in the cache"):
+        fetching.fetch(memory_url, cache_dir=tmp_path, sha256=OTHER)  # only a different version is cached
+    assert fetching.fetch(memory_url, cache_dir=tmp_path, sha256=DIGEST) == cached
     fs.rm(fsspec.core.url_to_fs(other)[1])
 
 

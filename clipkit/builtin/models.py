@@ -20,6 +20,10 @@ _OFFICIAL: dict[str, tuple[str, str]] = {
     "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
 }
 
+# (sha256, file name) of each official release: the files clipkit caches under their bare name, as the
+# reference does, so its downloads (~/.cache/clip/ViT-B-32.pt) are reused.
+OFFICIAL_FILES: frozenset[tuple[str, str]] = frozenset(_OFFICIAL.values())
+
 OFFICIAL_MODELS: dict[str, ModelSource] = {
     name: ModelSource(url=f"{_BASE}/{digest}/{filename}", sha256=digest, description="OpenAI CLIP (TorchScript release)")
     for name, (digest, filename) in _OFFICIAL.items()
