@@ -62,12 +62,13 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.quiet:
         os.environ["CLIPKIT_PROGRESS"] = "0"
     source, sha256 = args.source, args.sha256
-    if args.verify:
+    if args.verify or args.force:
         entry = registered_models().get(source)
         if entry is not None:
             source, sha256 = entry.url, sha256 or entry.sha256
         if fetching.is_fsspec_url(source):
-            print(fetching.fetch(source, cache_dir=cache_dir(args.download_root), sha256=sha256, force_verify=True))
+            print(fetching.fetch(source, cache_dir=cache_dir(args.download_root), sha256=sha256,
+                                 force_verify=args.verify, force_download=args.force))
             return 0
     print(resolve_source(source, download_root=args.download_root, sha256=sha256))
     return 0
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_source_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verify", action="store_true", help="hash the cached file even if clipkit verified it before")
+    p.add_argument("--force", action="store_true", help="download again even if the file is cached")
     p.set_defaults(func=_cmd_fetch)
 
     p = sub.add_parser("load", help="load a checkpoint, report what was built, and embed a test sentence")

@@ -47,3 +47,22 @@ def test_a_digest_vouched_download_is_kept_even_when_it_is_not_a_checkpoint(tmp_
                 clipkit.load(url, device="cpu", download_root=cache, sha256=digest)
             assert "removed from the cache" not in str(info.value)
         assert server.count("/m.pt") == 1
+
+
+def test_clipkit_fetch_force_downloads_again(tmp_path):
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.pt"
+    factories.write_checkpoint(good, factories.TINY_VIT)
+    cache = tmp_path / "cache"
+    with LoopbackServer() as server:
+        server.add("/w.pt", good.read_bytes())
+        url = server.url("/w.pt")
+        command = [sys.executable, "-m", "clipkit", "fetch", url, "--download-root", str(cache), "--quiet"]
+        first = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        forced = subprocess.run([*command, "--force"], capture_output=True, text=True, timeout=120)
+        assert first.returncode == again.returncode == forced.returncode == 0, forced.stderr
+        assert first.stdout == again.stdout == forced.stdout
+        assert server.count("/w.pt") == 2
