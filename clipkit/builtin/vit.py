@@ -69,11 +69,12 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec | Non
     return infer_spec(state_dict)
 
 
-@hookimpl
-def build_model(spec: object) -> CLIP | None:
-    """Build the CLIP ViT that ``spec`` describes (on the current default device), or ``None`` for other families."""
-    if not isinstance(spec, ViTSpec) or spec.family != "vit":
-        return None
+def build_vit_clip(spec: ViTSpec, *, vision_quick_gelu: bool | None = None) -> CLIP:
+    """Construct the ViT CLIP ``spec`` describes on the current default device (for plugins mapping other layouts).
+
+    ``vision_quick_gelu`` sets the image tower's activation when it differs
+    from the text tower's (``spec.quick_gelu``).
+    """
     visual = VisionTransformer(
         input_resolution=spec.image_resolution,
         patch_size=spec.vision_patch_size,
@@ -81,6 +82,14 @@ def build_model(spec: object) -> CLIP | None:
         layers=spec.vision_layers,
         heads=spec.vision_heads,
         output_dim=spec.embed_dim,
-        quick_gelu=spec.quick_gelu,
+        quick_gelu=spec.quick_gelu if vision_quick_gelu is None else vision_quick_gelu,
     )
     return _clip.build_clip(visual, spec)
+
+
+@hookimpl
+def build_model(spec: object) -> CLIP | None:
+    """Build the CLIP ViT that ``spec`` describes (on the current default device), or ``None`` for other families."""
+    if not isinstance(spec, ViTSpec) or spec.family != "vit":
+        return None
+    return build_vit_clip(spec)

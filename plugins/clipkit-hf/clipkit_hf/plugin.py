@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from clipkit import hookimpl
-from clipkit.nn import CLIP, VisionTransformer
+from clipkit.builtin.vit import build_vit_clip
+from clipkit.nn import CLIP
 from clipkit_hf.convert import SIGNATURE, hf_to_openai, is_hf_clip
 from clipkit_hf.spec import HFCLIPSpec, infer_spec, read_config
 
@@ -35,25 +36,7 @@ def build_model(spec: Any) -> CLIP | None:
     """Build clipkit's ViT CLIP for an ``HFCLIPSpec`` (``None`` for other specs), ready to load transformers keys."""
     if not isinstance(spec, HFCLIPSpec):
         return None
-    visual = VisionTransformer(
-        input_resolution=spec.image_resolution,
-        patch_size=spec.vision_patch_size,
-        width=spec.vision_width,
-        layers=spec.vision_layers,
-        heads=spec.vision_heads,
-        output_dim=spec.embed_dim,
-        quick_gelu=spec.vision_activation_is_quick_gelu,
-    )
-    model = CLIP(
-        visual,
-        embed_dim=spec.embed_dim,
-        context_length=spec.context_length,
-        vocab_size=spec.vocab_size,
-        text_width=spec.text_width,
-        text_layers=spec.text_layers,
-        text_heads=spec.text_heads,
-        quick_gelu=spec.quick_gelu,
-    )
+    model = build_vit_clip(spec, vision_quick_gelu=spec.vision_activation_is_quick_gelu)
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
             module.eps = spec.layer_norm_eps
