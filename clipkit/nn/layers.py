@@ -44,6 +44,15 @@ class LayerNorm(nn.LayerNorm):
         return out.to(x.dtype)
 
 
+def check_resolution(images: torch.Tensor, resolution: int) -> None:
+    """Raise ``ConfigurationError`` unless ``images`` are ``resolution`` x ``resolution`` (the tower's input size)."""
+    if images.shape[-2:] != (resolution, resolution):
+        raise ConfigurationError(
+            f"this model expects {resolution}x{resolution} images, got {tuple(images.shape[-2:])}; "
+            "resize with the preprocess transform returned by clipkit.load"
+        )
+
+
 class QuickGELU(nn.Module):
     """The sigmoid approximation of GELU that OpenAI's CLIP was trained with: ``x * sigmoid(1.702 x)``."""
 

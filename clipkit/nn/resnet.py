@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.errors import ConfigurationError
+from clipkit.nn.layers import check_resolution
 
 __all__ = ["AttentionPool2d", "BatchNorm2d", "Bottleneck", "ModifiedResNet"]
 
@@ -158,11 +159,7 @@ class ModifiedResNet(nn.Module):
         return self.conv1.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.input_resolution, self.input_resolution):
-            raise ConfigurationError(
-                f"this model expects {self.input_resolution}x{self.input_resolution} images, got "
-                f"{tuple(x.shape[-2:])}; resize with the preprocess transform returned by clipkit.load"
-            )
+        check_resolution(x, self.input_resolution)
         x = x.to(self.dtype)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))

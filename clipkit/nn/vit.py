@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clipkit.errors import ConfigurationError
-from clipkit.nn.layers import LayerNorm, Transformer
+from clipkit.nn.layers import LayerNorm, Transformer, check_resolution
 
 __all__ = ["VisionTransformer"]
 
@@ -52,11 +51,7 @@ class VisionTransformer(nn.Module):
         return self.conv1.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.input_resolution, self.input_resolution):
-            raise ConfigurationError(
-                f"this model expects {self.input_resolution}x{self.input_resolution} images, got "
-                f"{tuple(x.shape[-2:])}; resize with the preprocess transform returned by clipkit.load"
-            )
+        check_resolution(x, self.input_resolution)
         x = self.conv1(x.to(self.dtype))
         x = x.flatten(2).transpose(1, 2)  # [batch, grid*grid, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
