@@ -20,12 +20,17 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("CLIPKIT_BENCH_CACHE", "~/.cache/clipkit-bench")).expanduser()
 
 
-def factories() -> types.ModuleType:
-    """The test suite's checkpoint factory (``tests/factories.py``)."""
+def _tests_module(name: str) -> types.ModuleType:
+    """A helper module of the test suite (``tests/<name>.py``), imported as the tests import it."""
     tests = str(REPO / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    return importlib.import_module("factories")
+    return importlib.import_module(name)
+
+
+def factories() -> types.ModuleType:
+    """The test suite's checkpoint factory (``tests/factories.py``)."""
+    return _tests_module("factories")
 
 
 def slug(name: str) -> str:
@@ -64,16 +69,8 @@ def checkpoint(name: str, cache_dir: Path, *, kind: str = "state_dict") -> Path:
 
 
 def openai_clip() -> types.ModuleType:
-    """Import OpenAI's ``clip`` (openai-clip 1.0.1); it imports ``pkg_resources``, which new setuptools lacks."""
-    try:
-        importlib.import_module("pkg_resources")
-    except ImportError:
-        import packaging.version
-
-        shim = types.ModuleType("pkg_resources")
-        shim.packaging = types.SimpleNamespace(version=packaging.version)  # type: ignore[attr-defined]
-        sys.modules["pkg_resources"] = shim
-    return importlib.import_module("clip")
+    """Import OpenAI's ``clip`` (openai-clip 1.0.1) the way the tests do (``tests/oracles.py``)."""
+    return _tests_module("oracles").openai_clip()
 
 
 def median(values: Sequence[float]) -> float:
