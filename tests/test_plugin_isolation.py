@@ -11,10 +11,8 @@ through ``PYTHONPATH`` then loads a built-in ViT checkpoint, and runs
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ import torch
 
 import clipkit
 import factories
+from plugin_dists import env_with, pip_install, write_plugin_dist
 
 DISTRIBUTIONS = {
     "clipkit-broken-import": (
@@ -106,39 +105,11 @@ print(json.dumps({
 def broken_site(tmp_path_factory) -> Path:
     """A directory holding the three broken distributions, installed by pip as a user would install them."""
     sources = tmp_path_factory.mktemp("broken-dists")
-    paths = []
-    for dist, (version, entry_name, module, code) in DISTRIBUTIONS.items():
-        root = sources / dist
-        root.mkdir()
-        (root / f"{module}.py").write_text(textwrap.dedent(code))
-        (root / "pyproject.toml").write_text(textwrap.dedent(f"""
-            [build-system]
-            requires = ["setuptools>=61"]
-            build-backend = "setuptools.build_meta"
-
-            [project]
-            name = "{dist}"
-            version = "{version}"
-
-            [project.entry-points.clipkit]
-            {entry_name} = "{module}"
-
-            [tool.setuptools]
-            py-modules = ["{module}"]
-            """))
-        paths.append(str(root))
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), *paths],
-        check=True,
-        capture_output=True,
-    )
-    return target
-
-
-def _env(site: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    paths = [
+        write_plugin_dist(sources / dist, name=dist, version=version, entry_point=entry_name, module=module, code=code)
+        for dist, (version, entry_name, module, code) in DISTRIBUTIONS.items()
+    ]
+    return pip_install(paths, tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +123,7 @@ def child_run(broken_site, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(work / "vit.pt"), str(work / "unclaimed.pt"), str(work / "tokens.pt"),
          str(work / "out.pt")],
-        env=_env(broken_site), capture_output=True, text=True, timeout=180,
+        env=env_with(broken_site), capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -212,7 +183,7 @@ def test_unclaimed_checkpoint_lists_the_failure(child_run):
 
 def test_clipkit_plugins_lists_failures(broken_site):
     both = "from clipkit.cli import main; main(['plugins']); print('--- json'); main(['plugins', '--json'])"
-    proc = subprocess.run([sys.executable, "-c", both], env=_env(broken_site), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", both], env=env_with(broken_site), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     text, _, as_json = proc.stdout.partition("--- json")
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}

@@ -9,14 +9,13 @@ target directory, and runs a fresh interpreter that sees it only through
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from plugin_dists import env_with, pip_install, write_plugin_dist
 
 PLUGIN_MODULE = '''
 """Claims state dicts with a "toy.visual.weight" key: a linear image encoder and a bag-of-words text encoder."""
@@ -88,22 +87,6 @@ def _strip_prefix(module, state_dict, prefix, *args):
             state_dict[prefix + key[len(prefix) + 4:]] = value
 '''
 
-PYPROJECT = """
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "clipkit-toy"
-version = "0.3.1"
-
-[project.entry-points.clipkit]
-toy = "clipkit_toy"
-
-[tool.setuptools]
-py-modules = ["clipkit_toy"]
-"""
-
 CHILD = """
 import json, sys, torch, clipkit
 from clipkit.plugins import get_registry
@@ -123,17 +106,9 @@ print(json.dumps({"class": type(model).__name__, "spec": repr(clipkit.inspect(sy
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy-dist")
-    (root / "pyproject.toml").write_text(PYPROJECT)
-    (root / "clipkit_toy.py").write_text(textwrap.dedent(PLUGIN_MODULE))
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(root)],
-        check=True,
-        capture_output=True,
-    )
-    return target
+    root = write_plugin_dist(tmp_path_factory.mktemp("toy-dist"), name="clipkit-toy", version="0.3.1",
+                             entry_point="toy", module="clipkit_toy", code=PLUGIN_MODULE)
+    return pip_install([root], tmp_path_factory.mktemp("site"))
 
 
 def test_plugin_distribution_is_picked_up_by_entry_point(installed_plugin, tmp_path):
@@ -147,7 +122,7 @@ def test_plugin_distribution_is_picked_up_by_entry_point(installed_plugin, tmp_p
     ckpt = tmp_path / "toy.pt"
     torch.save({"state_dict": state, "epoch": 1}, ckpt)
     out = tmp_path / "out.pt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_plugin), os.environ.get("PYTHONPATH", "")])}
+    env = env_with(installed_plugin)
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(ckpt), str(out)], env=env, capture_output=True, text=True, timeout=120
     )
