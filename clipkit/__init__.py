@@ -9,6 +9,7 @@ from clipkit.hookspecs import hookimpl
 from clipkit.loader import available_models, inspect, load
 from clipkit.spec import ArchSpec, ModelSource
 from clipkit.tokenizer import tokenize
+from clipkit.tokenizers import get_tokenizer
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "ViTSpec",
     "available_models",
     "errors",
+    "get_tokenizer",
     "hookimpl",
     "inspect",
     "load",

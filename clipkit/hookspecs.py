@@ -12,6 +12,7 @@ The pipeline calls them in this order::
     detect_architecture(state_dict, path)  -> ArchSpec (exactly one claimant)
     build_model(spec)                      -> nn.Module on the meta device
     make_transform(spec)                   -> PIL image -> tensor
+    make_tokenizer(spec)                   -> texts -> LongTensor (when a tokenizer is asked for)
 """
 
 from __future__ import annotations
@@ -110,4 +111,26 @@ def make_transform(spec: ArchSpec) -> Callable[[Any], torch.Tensor] | None:
     built-in default (resize bicubic, center crop to ``spec.image_resolution``,
     RGB, to tensor, normalise with CLIP's mean/std) is ``trylast``, so any
     plugin's answer comes first. The first non-``None`` answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def make_tokenizer(spec: ArchSpec) -> Callable[..., torch.Tensor] | None:
+    """Return the tokenizer for ``spec``: ``tokenizer(texts, context_length=None) -> torch.LongTensor``.
+
+    Called by ``clipkit.get_tokenizer(model_or_source)`` (not during
+    ``clipkit.load``), with the spec the model was loaded from or the spec
+    ``clipkit.inspect`` reads off a source. The callable takes one string or a
+    sequence of strings and returns a ``[len(texts), context_length]`` int64
+    tensor ready for ``model.encode_text``: every id below the model's
+    ``vocab_size``, padded and ended by the family's own rules.
+    ``context_length=None`` means the model's own context length (the width of
+    its positional embedding); a text too long for the context is truncated by
+    the family's rule (the row still ends as the model expects). Give the
+    callable ``context_length`` and ``vocab_size`` attributes. Raise a
+    ``clipkit.errors`` class when the spec's tokenizer cannot be served (a
+    missing vocabulary file, an unsupported tokenizer), naming what is missing.
+    Return ``None`` for "not my family". The built-in OpenAI BPE tokenizer
+    (``clipkit.tokenize``'s, truncating) is ``trylast``, so any plugin's answer
+    comes first. The first non-``None`` answer wins.
     """

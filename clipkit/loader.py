@@ -431,13 +431,15 @@ def load(
         from clipkit import jit as jit_loader
 
         model, resolution = jit_loader.load_jit(path, target, dtype=weights_dtype)
-        return model, make_transform(ArchSpec(family="torchscript", image_resolution=resolution), registry=registry)
+        model.clipkit_spec = ArchSpec(family="torchscript", image_resolution=resolution)  # for get_tokenizer
+        return model, make_transform(model.clipkit_spec, registry=registry)
     state_dict = _read_source(path, source, sha256)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
     model = build_for_loading(spec, registry=registry)
     load_weights(model, state_dict)
     place(model, target, weights_dtype)
     model.eval()
+    model.clipkit_spec = spec  # what clipkit.get_tokenizer(model) asks the plugins about
     return model, make_transform(spec, registry=registry)
 
 

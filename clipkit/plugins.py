@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "clipkit.builtin.resnet",
     "clipkit.builtin.vit",
     "clipkit.builtin.transforms",
+    "clipkit.builtin.tokenizers",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
