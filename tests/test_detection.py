@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clipkit.builtin import resnet, vit
-from clipkit.builtin._clip import default_heads
+from clipkit.shapes import default_heads
 from clipkit.builtin.specs import ResNetSpec, ViTSpec
 from clipkit.errors import StateDictError
 from clipkit.plugins import PluginRegistry

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 
 import torch
 
-from clipkit.builtin import _clip
+from clipkit import shapes
+from clipkit.builtin.clip_builder import build_clip
+from clipkit.builtin.clip_shapes import TEXT_SIGNATURE, text_tower
 from clipkit.builtin.specs import ResNetSpec
 from clipkit.errors import StateDictError
 from clipkit.hookspecs import hookimpl
@@ -23,38 +25,38 @@ from clipkit.nn import CLIP, ModifiedResNet
 SIGNATURE: tuple[str, ...] = (
     "visual.attnpool.positional_embedding",
     "visual.layer1.0.conv1.weight",
-    *_clip.TEXT_SIGNATURE,
+    *TEXT_SIGNATURE,
 )
 
 
 def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ResNetSpec:
     """Read a ``ResNetSpec`` off an OpenAI-layout ResNet state dict, raising ``StateDictError`` on inconsistent shapes."""
-    text = _clip.text_tower(state_dict)
-    first = _clip.ndim(state_dict, "visual.layer1.0.conv1.weight", 4)
+    text = text_tower(state_dict)
+    first = shapes.shape(state_dict, "visual.layer1.0.conv1.weight", dims=4)
     width = first[0]
     stem = f"visual.layer1.0.conv1.weight {first} gives width {width}"
-    _clip.expect(state_dict, "visual.conv1.weight", (width // 2, 3, 3, 3), stem)
-    _clip.expect(state_dict, "visual.conv3.weight", (width, width // 2, 3, 3), stem)
-    _clip.expect(state_dict, "visual.layer1.0.conv1.weight", (width, width, 1, 1), "the stem ends with as many channels as the first bottleneck is wide")
+    shapes.expect(state_dict, "visual.conv1.weight", (width // 2, 3, 3, 3), stem)
+    shapes.expect(state_dict, "visual.conv3.weight", (width, width // 2, 3, 3), stem)
+    shapes.expect(state_dict, "visual.layer1.0.conv1.weight", (width, width, 1, 1), "the stem ends with as many channels as the first bottleneck is wide")
 
     layers = []
     for stage in range(1, 5):
-        blocks = _clip.block_count(state_dict, f"visual.layer{stage}.")
+        blocks = shapes.block_count(state_dict, f"visual.layer{stage}.")
         if blocks == 0:
             raise StateDictError(
-                f"the state dict has no visual.layer{stage}.N blocks; a CLIP ResNet has four stages. {_clip.ADVICE}",
+                f"the state dict has no visual.layer{stage}.N blocks; a CLIP ResNet has four stages. {shapes.OPENAI_LAYOUT_ADVICE}",
                 missing=[f"visual.layer{stage}.0.conv1.weight"],
             )
         planes = width * 2 ** (stage - 1)
-        _clip.expect(
+        shapes.expect(
             state_dict, f"visual.layer{stage}.0.conv3.weight", (planes * 4, planes, 1, 1),
             f"stage {stage} of a width-{width} ResNet has {planes}-wide bottlenecks",
         )
         layers.append(blocks)
 
     pool_width = width * 32
-    side = _clip.square_side(state_dict, "visual.attnpool.positional_embedding", pool_width, "feature-map positions")
-    _clip.expect(
+    side = shapes.square_side(state_dict, "visual.attnpool.positional_embedding", pool_width, "feature-map positions")
+    shapes.expect(
         state_dict, "visual.attnpool.c_proj.weight", (text["embed_dim"], pool_width),
         f"it maps the ResNet's {pool_width} features to the joint embedding width {text['embed_dim']} of text_projection",
     )
@@ -62,7 +64,7 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ResNetSpec:
         image_resolution=32 * side,
         vision_width=width,
         vision_layers=tuple(layers),
-        vision_heads=_clip.default_heads(pool_width),
+        vision_heads=shapes.default_heads(pool_width),
         **text,
     )
 
@@ -70,7 +72,7 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ResNetSpec:
 @hookimpl
 def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> ResNetSpec | None:
     """Claim an OpenAI-layout CLIP ResNet state dict and describe it; ``None`` for anything else."""
-    if not _clip.has_keys(state_dict, SIGNATURE):
+    if not shapes.has_keys(state_dict, SIGNATURE):
         return None
     return infer_spec(state_dict)
 
@@ -87,4 +89,4 @@ def build_model(spec: object) -> CLIP | None:
         input_resolution=spec.image_resolution,
         width=spec.vision_width,
     )
-    return _clip.build_clip(visual, spec)
+    return build_clip(visual, spec)

@@ -13,49 +13,51 @@ from collections.abc import Mapping
 
 import torch
 
-from clipkit.builtin import _clip
+from clipkit import shapes
+from clipkit.builtin.clip_builder import build_clip
+from clipkit.builtin.clip_shapes import TEXT_SIGNATURE, check_transformer, text_tower
 from clipkit.builtin.specs import ViTSpec
 from clipkit.errors import StateDictError
 from clipkit.hookspecs import hookimpl
 from clipkit.nn import CLIP, VisionTransformer
 
-SIGNATURE: tuple[str, ...] = ("visual.proj", "visual.conv1.weight", "visual.class_embedding", *_clip.TEXT_SIGNATURE)
+SIGNATURE: tuple[str, ...] = ("visual.proj", "visual.conv1.weight", "visual.class_embedding", *TEXT_SIGNATURE)
 
 
 def _is_vit(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return _clip.has_keys(state_dict, SIGNATURE) and len(state_dict["visual.conv1.weight"].shape) == 4
+    return shapes.has_keys(state_dict, SIGNATURE) and len(state_dict["visual.conv1.weight"].shape) == 4
 
 
 def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec:
     """Read a ``ViTSpec`` off an OpenAI-layout ViT state dict, raising ``StateDictError`` on inconsistent shapes."""
-    text = _clip.text_tower(state_dict)
-    conv = _clip.shape(state_dict, "visual.conv1.weight")
+    text = text_tower(state_dict)
+    conv = shapes.shape(state_dict, "visual.conv1.weight")
     width, channels, patch, patch_w = conv
     if channels != 3 or patch != patch_w:
-        raise _clip.mismatch(
+        raise shapes.shape_mismatch(
             "visual.conv1.weight", conv, (width, 3, patch, patch),
             "the patch embedding takes 3-channel images with square patches",
         )
-    _clip.expect(state_dict, "visual.class_embedding", (width,), f"visual.conv1.weight {conv} gives width {width}")
-    grid = _clip.square_side(state_dict, "visual.positional_embedding", width, "patches")
-    _clip.expect(state_dict, "visual.ln_pre.weight", (width,), f"the vision width is {width}")
-    _clip.expect(state_dict, "visual.ln_post.weight", (width,), f"the vision width is {width}")
-    _clip.expect(
+    shapes.expect(state_dict, "visual.class_embedding", (width,), f"visual.conv1.weight {conv} gives width {width}")
+    grid = shapes.square_side(state_dict, "visual.positional_embedding", width, "patches")
+    shapes.expect(state_dict, "visual.ln_pre.weight", (width,), f"the vision width is {width}")
+    shapes.expect(state_dict, "visual.ln_post.weight", (width,), f"the vision width is {width}")
+    shapes.expect(
         state_dict, "visual.proj", (width, text["embed_dim"]),
         f"it maps the vision width {width} to the joint embedding width {text['embed_dim']} of text_projection",
     )
-    layers = _clip.block_count(state_dict, "visual.transformer.resblocks.")
+    layers = shapes.block_count(state_dict, "visual.transformer.resblocks.")
     if layers == 0:
         raise StateDictError(
-            f"the state dict has no visual.transformer.resblocks.N blocks. {_clip.ADVICE}",
+            f"the state dict has no visual.transformer.resblocks.N blocks. {shapes.OPENAI_LAYOUT_ADVICE}",
             missing=["visual.transformer.resblocks.0.attn.in_proj_weight"],
         )
-    _clip.check_transformer(state_dict, "visual.transformer.resblocks.", width, layers)
+    check_transformer(state_dict, "visual.transformer.resblocks.", width, layers)
     return ViTSpec(
         image_resolution=patch * grid,
         vision_width=width,
         vision_layers=layers,
-        vision_heads=_clip.default_heads(width),
+        vision_heads=shapes.default_heads(width),
         vision_patch_size=patch,
         **text,
     )
@@ -84,7 +86,7 @@ def build_vit_clip(spec: ViTSpec, *, vision_quick_gelu: bool | None = None) -> C
         output_dim=spec.embed_dim,
         quick_gelu=spec.quick_gelu if vision_quick_gelu is None else vision_quick_gelu,
     )
-    return _clip.build_clip(visual, spec)
+    return build_clip(visual, spec)
 
 
 @hookimpl

@@ -3,7 +3,8 @@
 A deliberately tiny dual encoder, to show every part a clipkit plugin needs:
 
 - ``MeanPoolSpec``: the architecture as a frozen attrs ``ArchSpec`` subclass;
-- ``detect_architecture``: claim the plugin's own key signature, read every size off shapes;
+- ``detect_architecture``: claim the plugin's own key signature, read every size off shapes
+  with ``clipkit.shapes`` (which raises ``StateDictError`` naming a key that does not add up);
 - ``build_model``: build the model for the plugin's own spec (clipkit calls it on the meta device);
 - ``MeanPoolCLIP``: ``encode_image``, ``encode_text``, ``forward`` and the attributes of the reference model.
 
@@ -22,9 +23,13 @@ import torch
 from torch import nn
 
 import clipkit
+from clipkit import shapes
 
 #: Keys this plugin's checkpoints have and no other layout has all of: claim nothing else.
 SIGNATURE = ("visual.patch.weight", "visual.positional_embedding", "token_embedding.weight", "positional_embedding")
+
+#: Appended to every shape error: what the user can do about a checkpoint of this layout that does not add up.
+ADVICE = "The checkpoint is damaged or not a mean-pool CLIP; save it again from MeanPoolCLIP.state_dict()."
 
 
 @attrs.frozen(kw_only=True)
@@ -83,14 +88,19 @@ class MeanPoolCLIP(nn.Module):
 @clipkit.hookimpl
 def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> MeanPoolSpec | None:
     """Claim state dicts carrying this plugin's signature keys; answer ``None`` for everything else."""
-    if not all(key in state_dict for key in SIGNATURE):
+    if not shapes.has_keys(state_dict, SIGNATURE):
         return None
-    embed_dim, _, patch_size, _ = state_dict["visual.patch.weight"].shape
-    patches, _ = state_dict["visual.positional_embedding"].shape
-    vocab_size, _ = state_dict["token_embedding.weight"].shape
-    context_length, _ = state_dict["positional_embedding"].shape
+    embed_dim, _, patch_size, _ = shapes.shape(state_dict, "visual.patch.weight", dims=4, advice=ADVICE)
+    patches, _ = shapes.shape(state_dict, "visual.positional_embedding", dims=2, advice=ADVICE)
+    side = math.isqrt(patches)
+    shapes.expect(state_dict, "visual.positional_embedding", (side * side, embed_dim),
+                  f"one row per patch of a square image, {embed_dim} wide", advice=ADVICE)
+    vocab_size, _ = shapes.shape(state_dict, "token_embedding.weight", dims=2, advice=ADVICE)
+    context_length, _ = shapes.shape(state_dict, "positional_embedding", dims=2, advice=ADVICE)
+    shapes.expect(state_dict, "positional_embedding", (context_length, embed_dim),
+                  f"visual.patch.weight says the embedding is {embed_dim} wide", advice=ADVICE)
     return MeanPoolSpec(
-        image_resolution=patch_size * math.isqrt(patches),
+        image_resolution=patch_size * side,
         patch_size=patch_size,
         embed_dim=embed_dim,
         vocab_size=vocab_size,

@@ -9,7 +9,6 @@ end-of-text token id (checked, see ``check_pooling``).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import attrs
 import torch
 
-from clipkit import ViTSpec
+from clipkit import ViTSpec, shapes
 from clipkit.errors import CheckpointError, ConfigurationError, StateDictError
 
-__all__ = ["ACTIVATIONS", "HFCLIPSpec", "check_pooling", "default_heads", "infer_spec", "read_config"]
+__all__ = ["ACTIVATIONS", "HFCLIPSpec", "check_pooling", "infer_spec", "read_config"]
 
 #: transformers ``hidden_act`` values clipkit's ViT can run, mapped to its ``quick_gelu`` flag.
 ACTIVATIONS: dict[str, bool] = {"quick_gelu": True, "gelu": False}
@@ -58,14 +57,6 @@ class HFCLIPSpec(ViTSpec):
         return self.quick_gelu if self.vision_quick_gelu is None else self.vision_quick_gelu
 
 
-def default_heads(width: int) -> int:
-    """The head count when ``config.json`` does not say: 64-wide heads (``width // 64``, at least 1, dividing ``width``)."""
-    heads = max(1, width // 64)
-    while width % heads:
-        heads -= 1
-    return heads
-
-
 def read_config(path: Path | None) -> dict[str, Any] | None:
     """The CLIP ``config.json`` next to the weights (in ``path`` if it is a directory, else beside the file), or ``None``.
 
@@ -97,33 +88,20 @@ def read_config(path: Path | None) -> dict[str, Any] | None:
 
 
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str, dims: int) -> tuple[int, ...]:
-    try:
-        found = tuple(state_dict[key].shape)
-    except KeyError:
-        raise StateDictError(f"the state dict has no {key!r}. {_ADVICE}", missing=[key]) from None
-    if len(found) != dims:
-        raise StateDictError(f"{key} has shape {found}, expected {dims} dimensions. {_ADVICE}",
-                             mismatched=[(key, (-1,) * dims, found)])
-    return found
+    return shapes.shape(state_dict, key, dims=dims, advice=_ADVICE)
 
 
 def _expect(state_dict: Mapping[str, torch.Tensor], key: str, expected: tuple[int, ...], why: str) -> None:
-    found = _shape(state_dict, key, len(expected))
-    if found != expected:
-        raise StateDictError(f"{key} has shape {found}, expected {expected}: {why}. {_ADVICE}",
-                             mismatched=[(key, expected, found)])
+    shapes.expect(state_dict, key, expected, why, advice=_ADVICE)
 
 
 def _layers(state_dict: Mapping[str, torch.Tensor], tower: str, width: int) -> int:
     prefix = f"{tower}_model.encoder.layers."
-    indices = {int(part) for key in state_dict if key.startswith(prefix)
-               for part in [key[len(prefix):].split(".", 1)[0]] if part.isdigit()}
-    if not indices or indices != set(range(max(indices) + 1)):
-        raise StateDictError(
-            f"the {tower} encoder's layers {prefix}N are missing or not numbered 0..n-1 (found {sorted(indices)}). {_ADVICE}",
-            missing=[f"{prefix}0.self_attn.q_proj.weight"],
-        )
-    for i in sorted(indices):
+    layers = shapes.block_count(state_dict, prefix, advice=_ADVICE)
+    if layers == 0:
+        raise StateDictError(f"the state dict has no {tower} encoder layers {prefix}N. {_ADVICE}",
+                             missing=[f"{prefix}0.self_attn.q_proj.weight"])
+    for i in range(layers):
         block = f"{prefix}{i}"
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
             _expect(state_dict, f"{block}.self_attn.{name}.weight", (width, width), f"the {tower} width is {width}")
@@ -135,7 +113,7 @@ def _layers(state_dict: Mapping[str, torch.Tensor], tower: str, width: int) -> i
                 f"{fc1[0]} cannot be loaded into it",
                 mismatched=[(f"{block}.mlp.fc1.weight", (4 * width, width), fc1)],
             )
-    return len(indices)
+    return layers
 
 
 def _activation(config: dict[str, Any] | None, tower: str) -> bool:
@@ -153,7 +131,7 @@ def _activation(config: dict[str, Any] | None, tower: str) -> bool:
 def _heads(config: dict[str, Any] | None, tower: str, width: int) -> int:
     if config is not None and isinstance(config[tower].get("num_attention_heads"), int):
         return config[tower]["num_attention_heads"]
-    return default_heads(width)
+    return shapes.default_heads(width)
 
 
 def _layer_norm_eps(config: dict[str, Any] | None) -> float:
@@ -214,17 +192,8 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], config: dict[str, Any] | 
             mismatched=[("vision_model.embeddings.patch_embedding.weight", (vision_width, 3, patch, patch), conv)],
         )
     _expect(state_dict, "vision_model.embeddings.class_embedding", (vision_width,), f"the vision width is {vision_width}")
-    positions, _ = _shape(state_dict, "vision_model.embeddings.position_embedding.weight", 2)
-    grid = math.isqrt(max(positions - 1, 0))
-    if positions < 2 or grid * grid + 1 != positions:
-        raise StateDictError(
-            f"vision_model.embeddings.position_embedding.weight has {positions} rows; expected a square number of "
-            f"patches plus one class token. {_ADVICE}",
-            mismatched=[("vision_model.embeddings.position_embedding.weight", (grid * grid + 1, vision_width),
-                         (positions, vision_width))],
-        )
-    _expect(state_dict, "vision_model.embeddings.position_embedding.weight", (positions, vision_width),
-            f"the vision width is {vision_width}")
+    grid = shapes.square_side(state_dict, "vision_model.embeddings.position_embedding.weight", vision_width,
+                              "patches", advice=_ADVICE)
     _expect(state_dict, "visual_projection.weight", (embed_dim, vision_width),
             f"text_projection.weight says the joint embedding is {embed_dim} wide")
 
