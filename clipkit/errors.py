@@ -32,6 +32,17 @@ class UnknownModelError(ClipkitError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
+    @classmethod
+    def for_name(cls, name: str, available: Sequence[str]) -> UnknownModelError:
+        """The error for ``name``: the closest available name (difflib, any case) as a suggestion, then them all."""
+        import difflib
+
+        folded = {candidate.lower(): candidate for candidate in available}
+        close = difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.5)
+        hint = f" Did you mean {folded[close[0]]!r}?" if close else ""
+        return cls(f"{name!r} is not a registered model name, an existing file or a URL.{hint} "
+                   f"Available models: {', '.join(available)}")
+
 
 # -- plugins ----------------------------------------------------------------------
 

@@ -129,10 +129,7 @@ def resolve_source(
         looks_like_path = os.sep in text or bool(local.suffix)
         if isinstance(source, os.PathLike) or (looks_like_path and local.parent.is_dir()):
             raise CheckpointNotFoundError(f"checkpoint not found: {local}")
-        names = ", ".join(registered_models(registry))
-        raise UnknownModelError(
-            f"{text!r} is not a registered model name, an existing file or a URL. Available models: {names}"
-        )
+        raise UnknownModelError.for_name(text, list(registered_models(registry)))
     return _fetch(text, sha256, download_root, storage_options, registry)
 
 

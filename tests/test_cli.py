@@ -24,14 +24,34 @@ def tiny_resnet(tmp_path_factory):
     return path
 
 
-def test_models_lists_the_official_names():
-    out = run("models").stdout.split()
-    assert out[0] == "RN50" and "ViT-L/14@336px" in out and len(out) == 9
+def test_models_lists_the_official_names_and_what_is_cached(tmp_path):
+    from clipkit import fetching
+    from clipkit.loader import registered_models
+
+    entry = registered_models()["ViT-B/32"]
+    fetching.cache_path(entry.url, tmp_path, sha256=entry.sha256).write_bytes(b"x" * 3 * 1024 * 1024)
+    lines = run("models", "--download-root", str(tmp_path)).stdout.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:11]}
+    assert lines[0].split() == ["name", "cached"] and list(rows)[0] == "RN50" and len(rows) == 9
+    assert rows["ViT-B/32"] == ["3.0", "MiB"] and rows["ViT-L/14@336px"] == ["-"]
+    assert lines[-1] == f"cache: {tmp_path} (1 of 9 cached)"
+    data = json.loads(run("models", "--download-root", str(tmp_path), "--json").stdout)
+    assert [row["name"] for row in data if row["cached"]] == ["ViT-B/32"] and data[5]["size"] == 3 * 1024 * 1024
     assert "https://openaipublic.azureedge.net/clip/models/" in run("models", "--urls").stdout
 
 
-def test_inspect_prints_the_spec_and_json(tiny_resnet):
-    assert run("inspect", str(tiny_resnet)).stdout.strip() == repr(factories.TINY_RESNET.spec())
+def test_an_unknown_name_suggests_the_closest():
+    proc = run("inspect", "vit-b/32", check=False)
+    assert proc.returncode == 2 and "Did you mean 'ViT-B/32'?" in proc.stderr
+
+
+def test_inspect_prints_a_table_and_json(tiny_resnet):
+    lines = run("inspect", str(tiny_resnet)).stdout.splitlines()
+    assert lines[0] == f"{tiny_resnet}: ResNetSpec"
+    rows = dict(line.split(maxsplit=1) for line in lines[4:])
+    assert lines[2].split() == ["field", "value"] and lines[4].split() == ["family", "resnet"]
+    spec = factories.TINY_RESNET.spec()
+    assert rows == {name: ", ".join(map(str, v)) if isinstance(v, tuple) else str(v) for name, v in spec.to_dict().items()}
     data = json.loads(run("inspect", str(tiny_resnet), "--json").stdout)
     assert data["class"] == "ResNetSpec" and data["vision_layers"] == [1, 2, 1, 1]
     assert data["image_resolution"] == factories.TINY_RESNET.image_resolution

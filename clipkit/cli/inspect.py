@@ -6,18 +6,28 @@ import argparse
 import json
 
 from clipkit.cli._args import add_source_args
+from clipkit.cli._table import format_table
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the checkpoint's ``ArchSpec`` (as JSON with ``--json``)."""
+    """Print the checkpoint's ``ArchSpec`` as a table of fields (as JSON with ``--json``)."""
     from clipkit.loader import inspect
 
     spec = inspect(args.source, download_root=args.download_root, sha256=args.sha256)
+    fields = spec.to_dict()
+    fields = {"family": fields.pop("family"), **fields}
     if args.json:
-        print(json.dumps({"class": type(spec).__name__, **spec.to_dict()}, indent=2))
-    else:
-        print(repr(spec))
+        print(json.dumps({"class": type(spec).__name__, **fields}, indent=2))
+        return 0
+    print(f"{args.source}: {type(spec).__name__}\n")
+    print(format_table(["field", "value"], [[name, _value(value)] for name, value in fields.items()]))
     return 0
+
+
+def _value(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
