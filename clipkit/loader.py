@@ -26,6 +26,7 @@ from clipkit.errors import (
     StateDictError,
     UnknownModelError,
 )
+from clipkit.hub import is_hub_source
 from clipkit.nn import cast_model
 from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
 from clipkit.spec import ArchSpec, ModelSource, check_sha256
@@ -119,7 +120,7 @@ def resolve_source(
             entry = models[text]
             return _fetch(entry.url, sha256 or entry.sha256, download_root, storage_options, registry)
     local = Path(text).expanduser()
-    if "://" not in text:
+    if "://" not in text and not is_hub_source(text):
         if local.exists():
             if sha256 is not None:
                 from clipkit.fetching import verify_file

@@ -25,6 +25,7 @@ from clipkit.errors import ClipkitError, PluginError
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "clipkit.builtin.models",
     "clipkit.builtin.fetchers",
+    "clipkit.builtin.hub",
     "clipkit.builtin.resnet",
     "clipkit.builtin.vit",
     "clipkit.builtin.transforms",

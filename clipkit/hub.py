@@ -1,0 +1,488 @@
+"""Hugging Face Hub sources: ``hf-hub:<org>/<repo>[@revision]`` and ``hf://<org>/<repo>[@revision]/<file>``.
+
+``huggingface_hub`` (the optional extra ``clipkit[hub]``) does the transport
+and owns its cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+``~/.cache/huggingface/hub``): files are downloaded there once and shared with
+every other library that uses it. clipkit adds what it owns for every source:
+
+* **Only the files needed.** ``hf-hub:`` lists the repo at the revision
+  (``HfApi.model_info``), picks one checkpoint's files (a config and one
+  weights file: see ``choose_checkpoint_files``) and downloads those alone
+  (``snapshot_download(allow_patterns=...)``). ``hf://`` downloads one file
+  (``hf_hub_download``).
+* **Integrity.** Every file is checked against the digest the Hub advertised
+  for it, which ``huggingface_hub`` names its cached blob by (the ETag): an LFS
+  file's SHA-256 (also compared with the listing's), a small file's git blob id.
+  A mismatch removes the cached blob and its snapshot link and raises
+  ``ChecksumError``. A verified blob gets a record in clipkit's cache
+  (``.clipkit/hf-blobs/``), so it is not hashed again until it changes.
+* **Offline.** With ``CLIPKIT_OFFLINE`` or ``HF_HUB_OFFLINE`` set (read at each
+  call), the cache alone serves: a revision's ref or a commit's snapshot, no
+  network at all; ``OfflineError`` when it is not there.
+* ``HF_ENDPOINT`` and ``HF_TOKEN`` are read at each call; a revision (branch,
+  tag or commit) pins the files; without one, ``main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from clipkit.errors import (
+    AccessDeniedError,
+    CheckpointError,
+    ChecksumError,
+    ConfigurationError,
+    FetchError,
+    OfflineError,
+    SourceNotFoundError,
+)
+
+HUB_PREFIX = "hf-hub:"
+HF_SCHEME = "hf://"
+EXTRA_HINT = "pip install 'clipkit[hub]'"
+RECORD_DIR = "hf-blobs"
+
+_FALSY = frozenset({"", "0", "false", "no", "off"})
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_OID = re.compile(r"^[0-9a-f]{40}$")
+
+# What a repo holds, in the order tried: a config naming its format, then the weights, most preferred first.
+_LAYOUTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("open_clip_config.json",), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
+    (("config.json", "preprocessor_config.json"), ("model.safetensors", "pytorch_model.bin")),
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class HubRef:
+    """A parsed Hub source: the repo, the revision asked for (``None``: ``main``), and one file (``hf://``) or ``None``."""
+
+    repo_id: str
+    revision: str | None = None
+    filename: str | None = None
+
+    def __str__(self) -> str:
+        at = f"@{self.revision}" if self.revision else ""
+        if self.filename is None:
+            return f"{HUB_PREFIX}{self.repo_id}{at}"
+        return f"{HF_SCHEME}{self.repo_id}{at}/{self.filename}"
+
+
+def is_hub_source(source: str) -> bool:
+    """Whether ``source`` is spelled as a Hub source (``hf-hub:...`` or ``hf://...``)."""
+    return source.startswith(HUB_PREFIX) or source.startswith(HF_SCHEME)
+
+
+def parse_hub_source(source: str) -> HubRef:
+    """Split ``hf-hub:<org>/<repo>[@rev]`` or ``hf://<org>/<repo>[@rev]/<file>`` into a ``HubRef``.
+
+    In ``hf://`` URLs a revision holding ``/`` is written URL-encoded
+    (``@refs%2Fpr%2F1``), as ``huggingface_hub``'s own ``HfFileSystem`` spells
+    it. Raises ``ConfigurationError`` naming what is wrong with a malformed one.
+    """
+    if source.startswith(HUB_PREFIX):
+        body, _, revision = source[len(HUB_PREFIX):].partition("@")
+        repo_id, filename = body.strip("/"), None
+        revision = revision or None
+    elif source.startswith(HF_SCHEME):
+        rest = source[len(HF_SCHEME):]
+        if rest.split("/", 1)[0] in ("datasets", "spaces", "buckets"):
+            raise ConfigurationError(f"{source!r} is not a model repo; clipkit loads checkpoints from model repos only")
+        parts = rest.split("/", 2)
+        if len(parts) < 3 or not parts[2]:
+            raise ConfigurationError(
+                f"{source!r} names no file; write hf://<org>/<repo>[@revision]/<file>, or hf-hub:<org>/<repo> "
+                f"to load the checkpoint a repo holds"
+            )
+        name, _, revision = parts[1].partition("@")
+        repo_id, filename = f"{parts[0]}/{name}", parts[2]
+        revision = urllib.parse.unquote(revision) or None
+    else:
+        raise ConfigurationError(f"{source!r} is not a Hub source (hf-hub:<org>/<repo> or hf://<org>/<repo>/<file>)")
+    if not _REPO_ID.match(repo_id):
+        raise ConfigurationError(
+            f"{source!r} does not name a repo as <org>/<name> (got {repo_id!r}); e.g. "
+            f"hf-hub:timm/vit_base_patch32_clip_224.openai"
+        )
+    if filename is not None and (filename.startswith("/") or ".." in filename.split("/")):
+        raise ConfigurationError(f"{source!r}: the file path {filename!r} must stay inside the repo")
+    return HubRef(repo_id, revision, filename)
+
+
+def choose_checkpoint_files(names: Sequence[str]) -> list[str]:
+    """The files of one checkpoint among a repo's (or directory's) file ``names``: its configs, then its weights.
+
+    The first layout present wins: open_clip's (``open_clip_config.json`` with
+    ``open_clip_model.safetensors``, else ``open_clip_pytorch_model.bin``), then
+    transformers' (``config.json`` and ``preprocessor_config.json`` when
+    present, with ``model.safetensors``, else ``pytorch_model.bin``), then a
+    repo's single weights file at its root. Raises ``CheckpointError`` listing
+    the files when none fits.
+    """
+    present = set(names)
+    for configs, weights in _LAYOUTS:
+        if configs[0] in present:
+            chosen = [w for w in weights if w in present][:1]
+            if chosen:
+                return [c for c in configs if c in present] + chosen
+    root_weights = sorted(n for n in present if "/" not in n and n.endswith(_WEIGHT_SUFFIXES))
+    if len(root_weights) == 1:
+        return root_weights
+    listing = ", ".join(sorted(present)) or "no files"
+    raise CheckpointError(
+        f"cannot tell which checkpoint to load among the repo's files ({listing}); name one file with "
+        f"hf://<org>/<repo>/<file>"
+    )
+
+
+# -- environment ------------------------------------------------------------------------
+
+
+def hub_offline() -> bool:
+    """Whether the Hub must not be contacted: ``CLIPKIT_OFFLINE`` or ``HF_HUB_OFFLINE`` set (read now, not at import)."""
+    from clipkit.fetching import is_offline
+
+    return is_offline() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in _FALSY
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def _endpoint() -> str | None:
+    value = os.environ.get("HF_ENDPOINT", "").strip()
+    return value.rstrip("/") or None
+
+
+def _hub_module() -> Any:
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ConfigurationError(
+            f"Hugging Face Hub sources (hf-hub:, hf://) need huggingface_hub, which is not installed; {EXTRA_HINT}"
+        ) from None
+    return huggingface_hub
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _dns_failure(exc: BaseException) -> bool:
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 16:
+        if isinstance(current, socket.gaierror) or "Name or service not known" in str(current) \
+                or "nodename nor servname" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def _is_transient(exc: BaseException) -> bool:
+    status = _status(exc)
+    if status is not None:
+        return status in (408, 425, 429) or status >= 500
+    if _dns_failure(exc):
+        return False
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"TransportError", "ConnectionError", "Timeout", "TimeoutException", "TimeoutError"})
+
+
+def _translate(exc: BaseException, ref: HubRef, endpoint: str | None) -> Exception:
+    """The clipkit error for an exception ``huggingface_hub`` raised while serving ``ref``."""
+    name = type(exc).__name__
+    where = f" at {endpoint}" if endpoint else ""
+    status = _status(exc)
+    if name == "GatedRepoError" or status in (401, 403) and name != "RepositoryNotFoundError":
+        return AccessDeniedError(
+            f"access to {ref} was refused by the Hub{where} ({name}); log in or set HF_TOKEN to a token that may "
+            f"read {ref.repo_id} (and accept its terms on the Hub if it is gated)",
+            source=str(ref),
+        )
+    if name == "RepositoryNotFoundError":
+        return SourceNotFoundError(
+            f"{ref}: the Hub{where} has no repo {ref.repo_id!r} (or it is private: set HF_TOKEN); check the name",
+            source=str(ref),
+        )
+    if name == "RevisionNotFoundError":
+        return SourceNotFoundError(f"{ref}: repo {ref.repo_id} has no revision {ref.revision!r}", source=str(ref))
+    if name in ("RemoteEntryNotFoundError", "EntryNotFoundError") or status in (404, 410):
+        return SourceNotFoundError(f"{ref}: the file is not in repo {ref.repo_id}{where} ({exc})", source=str(ref))
+    if _dns_failure(exc):
+        return FetchError(f"could not reach the Hub{where} for {ref}: the host name does not resolve ({exc})",
+                          source=str(ref))
+    return FetchError(f"could not fetch {ref} from the Hub{where}: {name}: {exc}", source=str(ref))
+
+
+def _with_retries(call: Callable[[], T], ref: HubRef, endpoint: str | None) -> T:
+    """Run ``call``, retrying transient failures (connection, 408/429/5xx) with clipkit's backoff settings."""
+    from clipkit import fetching
+
+    settings = fetching.FetchSettings.from_env()
+    failures = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # huggingface_hub's errors, translated below
+            if isinstance(exc, (ConfigurationError, ChecksumError, FetchError)):
+                raise
+            if _is_transient(exc) and failures < settings.max_retries:
+                failures += 1
+                fetching._sleep(settings.backoff(failures))
+                continue
+            raise _translate(exc, ref, endpoint) from exc
+
+
+# -- verification -----------------------------------------------------------------------------
+
+
+def _git_blob_id(path: Path) -> str:
+    hasher = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _record_path(records: Path | None, blob: Path) -> Path | None:
+    return None if records is None else records / f"{blob.name}.json"
+
+
+def _recorded(records: Path | None, blob: Path) -> bool:
+    from clipkit.fetching import VerifiedRecord
+
+    path = _record_path(records, blob)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path else None
+        record = VerifiedRecord(**{k: data[k] for k in ("sha256", "size", "mtime_ns", "ctime_ns", "inode", "source")})
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return record.sha256 == blob.name and record.matches(blob)
+
+
+def _remember(records: Path | None, blob: Path, source: str) -> None:
+    from clipkit.fetching import VerifiedRecord
+
+    path = _record_path(records, blob)
+    if path is None:
+        return
+    with contextlib.suppress(OSError):  # best effort: without a record the blob is hashed again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(attrs.asdict(VerifiedRecord.of(blob, blob.name, source))), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def advertised_digest(snapshot_file: Path) -> str | None:
+    """The digest the Hub advertised for a cached file: the name of the blob its snapshot link points to."""
+    if not snapshot_file.is_symlink():
+        return None
+    name = Path(os.readlink(snapshot_file)).name
+    return name if _SHA256.match(name) or _GIT_OID.match(name) else None
+
+
+def verify_hub_file(snapshot_file: Path, ref: HubRef, *, listed_sha256: str | None = None,
+                    records: Path | None = None) -> Path:
+    """Check a cached Hub file against the digest the Hub advertised for it; return it, or remove it and raise.
+
+    The expected digest is the blob's name (an LFS file's SHA-256, a small
+    file's git blob id) and, for an LFS file, the SHA-256 the repo listing gave
+    (``listed_sha256``) must be the same. A file that cannot be checked (a cache
+    without symlinks) raises ``FetchError``; a mismatch deletes the blob and its
+    snapshot link and raises ``ChecksumError``.
+    """
+    name = snapshot_file.name
+    expected = advertised_digest(snapshot_file)
+    if expected is None:
+        raise FetchError(
+            f"{ref}: cannot verify {snapshot_file}: it is not a link to a blob named by its digest (a Hugging Face "
+            f"cache without symlinks); set HF_HUB_CACHE to a cache on a file system with symlinks",
+            source=str(ref),
+        )
+    blob = snapshot_file.resolve()
+    if listed_sha256 is not None and _SHA256.match(expected) and listed_sha256 != expected:
+        _discard(snapshot_file, blob)
+        raise ChecksumError(
+            f"{ref}: the Hub advertised two digests for {name}: {listed_sha256} in the repo listing and {expected} "
+            f"when it was downloaded; the download was removed from the Hugging Face cache, try again",
+            source=str(ref), expected=listed_sha256, actual=expected,
+        )
+    if _recorded(records, blob):
+        return snapshot_file
+    from clipkit.fetching import sha256_file
+
+    actual = sha256_file(blob) if _SHA256.match(expected) else _git_blob_id(blob)
+    if actual != expected:
+        _discard(snapshot_file, blob)
+        kind = "SHA-256" if _SHA256.match(expected) else "git blob id"
+        raise ChecksumError(
+            f"{kind} mismatch for {name} of {ref}: the Hub advertised {expected}, the bytes give {actual}. The file "
+            f"was removed from the Hugging Face cache ({blob}); fetch again, or check HF_ENDPOINT and any proxy.",
+            source=str(ref), expected=expected, actual=actual,
+        )
+    _remember(records, blob, str(ref))
+    return snapshot_file
+
+
+def _discard(snapshot_file: Path, blob: Path) -> None:
+    for path in (blob, snapshot_file):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+# -- fetching -------------------------------------------------------------------------------
+
+
+def _listing(hub: Any, ref: HubRef, endpoint: str | None) -> tuple[str, dict[str, str | None]]:
+    """The commit ``ref``'s revision points to and its files, each with its LFS SHA-256 (``None`` for small files)."""
+    api = hub.HfApi(endpoint=endpoint)
+    info = _with_retries(lambda: api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True),
+                         ref, endpoint)
+    files = {s.rfilename: (s.lfs.sha256 if s.lfs is not None else None) for s in (info.siblings or [])}
+    return str(info.sha), files
+
+
+def _cached_snapshot(hub: Any, ref: HubRef, cache: Path) -> Path:
+    """The snapshot folder the cache holds for ``ref``'s revision, with no network; ``OfflineError`` if none."""
+    try:
+        return Path(hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache,
+                                          local_files_only=True))
+    except Exception as exc:
+        if type(exc).__name__ in ("LocalEntryNotFoundError", "IncompleteSnapshotError", "OfflineModeIsEnabled") \
+                or isinstance(exc, FileNotFoundError):
+            raise OfflineError(
+                f"{ref} is not in the Hugging Face cache ({cache}), and offline mode is set (CLIPKIT_OFFLINE or "
+                f"HF_HUB_OFFLINE), so the Hub was not asked; fetch it once while online (clipkit fetch {ref})",
+                source=str(ref),
+            ) from None
+        raise
+
+
+def fetch_hub(source: str, *, sha256: str | None = None, records: Path | None = None) -> Path:
+    """Return a local path for a Hub source, downloading into the Hugging Face cache only what is missing, verified.
+
+    ``hf-hub:`` answers the snapshot folder holding one checkpoint's files
+    (``choose_checkpoint_files``); ``hf://`` answers the one file. Every file is
+    checked against the digest the Hub advertised for it and, when ``sha256``
+    is given, the weights file (or the ``hf://`` file) must also have that
+    digest. ``records`` is where verified records are kept (clipkit's cache
+    ``.clipkit/hf-blobs``). When the Hub cannot be reached, a cached copy of the
+    revision serves, as ``huggingface_hub`` does. Raises ``ConfigurationError``
+    (malformed source, ``clipkit[hub]`` missing), ``OfflineError``,
+    ``SourceNotFoundError``, ``AccessDeniedError``, ``ChecksumError`` or ``FetchError``.
+    """
+    ref = parse_hub_source(source)
+    hub = _hub_module()
+    cache = hf_cache_dir()
+    endpoint = _endpoint()
+    if ref.filename is not None:
+        path = _fetch_file(hub, ref, cache, endpoint, records)
+        weights = path
+    elif hub_offline():
+        path, weights = _serve_cached(hub, ref, cache, records)
+    else:
+        try:
+            path, weights = _download_checkpoint(hub, ref, cache, endpoint, records)
+        except FetchError as exc:
+            if type(exc) is not FetchError:  # not found, refused, offline: a cached copy would not be right
+                raise
+            try:
+                path, weights = _serve_cached(hub, ref, cache, records)
+            except OfflineError:
+                raise exc from None
+    if sha256 is not None:
+        from clipkit.fetching import verify_file
+
+        verify_file(weights, sha256, source=str(ref))
+    return path
+
+
+def _serve_cached(hub: Any, ref: HubRef, cache: Path, records: Path | None) -> tuple[Path, Path]:
+    """The cached snapshot of ``ref`` and its weights file, verified, with no network."""
+    snapshot = _cached_snapshot(hub, ref, cache)
+    present = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+    try:
+        chosen = choose_checkpoint_files(present)
+    except CheckpointError as exc:
+        raise OfflineError(f"{ref}: the cached snapshot {snapshot} holds no complete checkpoint ({exc}); "
+                           f"fetch it once while online", source=str(ref)) from None
+    for name in chosen:
+        verify_hub_file(snapshot / name, ref, records=records)
+    return snapshot, snapshot / chosen[-1]
+
+
+def _download_checkpoint(hub: Any, ref: HubRef, cache: Path, endpoint: str | None,
+                         records: Path | None) -> tuple[Path, Path]:
+    """List the repo, download the chosen files (those missing from the cache), verify them."""
+    commit, files = _listing(hub, ref, endpoint)
+    chosen = choose_checkpoint_files(list(files))
+    snapshot = Path(_with_retries(
+        lambda: hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache, endpoint=endpoint,
+                                      allow_patterns=chosen),
+        ref, endpoint,
+    ))
+    if snapshot.name != commit:  # the branch moved between the listing and the download: list that commit
+        commit, files = _listing(hub, attrs.evolve(ref, revision=snapshot.name), endpoint)
+    for name in chosen:
+        verify_hub_file(snapshot / name, ref, listed_sha256=files.get(name), records=records)
+    return snapshot, snapshot / chosen[-1]
+
+
+def _fetch_file(hub: Any, ref: HubRef, cache: Path, endpoint: str | None, records: Path | None) -> Path:
+    offline = hub_offline()
+    try:
+        path = _with_retries(
+            lambda: hub.hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, cache_dir=cache,
+                                        endpoint=endpoint, local_files_only=offline),
+            ref, endpoint,
+        )
+    except FetchError as exc:
+        cause = exc.__cause__
+        if offline and cause is not None and type(cause).__name__ in ("LocalEntryNotFoundError",
+                                                                       "OfflineModeIsEnabled"):
+            raise OfflineError(
+                f"{ref} is not in the Hugging Face cache ({cache}), and offline mode is set (CLIPKIT_OFFLINE or "
+                f"HF_HUB_OFFLINE), so the Hub was not asked; fetch it once while online (clipkit fetch {ref})",
+                source=str(ref),
+            ) from None
+        raise
+    return verify_hub_file(Path(path), ref, records=records)
+
+
+__all__ = [
+    "HubRef",
+    "advertised_digest",
+    "choose_checkpoint_files",
+    "fetch_hub",
+    "hf_cache_dir",
+    "hub_offline",
+    "is_hub_source",
+    "parse_hub_source",
+    "verify_hub_file",
+]
