@@ -10,8 +10,7 @@ from clipkit.loader import available_models, inspect, load
 from clipkit.spec import ArchSpec, ModelSource
 from clipkit.tokenizer import tokenize
 from clipkit.tokenizers import get_tokenizer
-
-__version__ = "0.1.0"
+from clipkit.version import __version__
 
 __all__ = [
     "ArchSpec",

@@ -32,7 +32,6 @@ import attrs
 import torch
 
 from clipkit.errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
-from clipkit.nn.clip import METADATA_KEYS  # the entries official archives add next to the weights
 
 __all__ = [
     "METADATA_KEYS",
@@ -42,6 +41,9 @@ __all__ = [
     "read_torchscript_state_dict",
     "split_metadata",
 ]
+
+#: The entries the official archives add next to the weights: the model's resolution, context length and vocabulary.
+METADATA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clipkit import fetching
+from clipkit import fetching, releases
 from clipkit.errors import (
     AccessDeniedError,
     ChecksumError,
@@ -62,15 +62,14 @@ def server() -> LoopbackServer:
 @pytest.fixture
 def tiny_is_official(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let ``Tiny.pt`` with ``DIGEST`` stand in for an official release (the real files are hundreds of MB)."""
-    real = fetching._official_files()
-    monkeypatch.setattr(fetching, "_official_files", lambda: real | {(DIGEST, "Tiny.pt")})
+    monkeypatch.setattr(releases, "OFFICIAL_FILES", releases.OFFICIAL_FILES | {(DIGEST, "Tiny.pt")})
 
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays the fetcher asked for (it does not actually sleep)."""
     delays: list[float] = []
-    monkeypatch.setattr(fetching, "_sleep", delays.append)
+    monkeypatch.setattr(fetching.download, "_sleep", delays.append)
     return delays
 
 
@@ -268,7 +267,7 @@ def test_disk_full_leaves_nothing(server: LoopbackServer, tmp_path: Path, monkey
     def full(self: object, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fetching._PartFile, "write", full)
+    monkeypatch.setattr(fetching.download.PartFile, "write", full)
     with pytest.raises(FetchError, match="no space left in the cache directory") as info:
         fetching.fetch(server.url(PLAIN), cache_dir=tmp_path)
     assert not isinstance(info.value, PermissionError)

@@ -6,7 +6,7 @@ filled with ``load_state_dict(state_dict, strict=True, assign=True)``.
 ``cast_model`` puts a model in the reference's mixed precision.
 """
 
-from clipkit.nn.clip import CLIP, METADATA_KEYS
+from clipkit.nn.clip import CLIP
 from clipkit.nn.layers import (
     LayerNorm,
     MultiheadSelfAttention,
@@ -20,7 +20,6 @@ from clipkit.nn.vit import VisionTransformer
 
 __all__ = [
     "CLIP",
-    "METADATA_KEYS",
     "AttentionPool2d",
     "BatchNorm2d",
     "Bottleneck",

@@ -10,11 +10,11 @@ from torch import nn
 from clipkit.errors import ConfigurationError
 from clipkit.nn.layers import LayerNorm, Transformer
 
-__all__ = ["CLIP", "METADATA_KEYS"]
+__all__ = ["CLIP"]
 
-#: Keys the official TorchScript archives add to their state dicts. They restate
-#: what the tensor shapes already say, so loading drops them.
-METADATA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
+# This model's scalar attributes, which some checkpoints (the official TorchScript archives) also store
+# as entries beside the weights. They restate what the tensor shapes already say, so loading drops them.
+_SCALAR_ATTRIBUTE_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
 
 class CLIP(nn.Module):
@@ -129,7 +129,7 @@ class CLIP(nn.Module):
         error_msgs: list[str],
     ) -> None:
         # the archives' metadata restates the shapes; a one-element logit_scale is the same scalar
-        for key in METADATA_KEYS:
+        for key in _SCALAR_ATTRIBUTE_KEYS:
             state_dict.pop(prefix + key, None)
         scale = state_dict.get(prefix + "logit_scale")
         if isinstance(scale, torch.Tensor) and scale.shape == (1,):

@@ -1,0 +1,130 @@
+"""s3:// and every other fsspec protocol: reads through the filesystem, a resumed attempt seeks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from clipkit.errors import AccessDeniedError, ClipkitError, ConfigurationError, FetchError, SourceNotFoundError
+from clipkit.fetching.settings import FetchSettings
+from clipkit.fetching.sources import S3_SCHEMES, file_segment, url_scheme
+from clipkit.fetching.transports.base import Body, Transient
+
+FSSPEC_CHUNK = 8 << 20  # bytes per fsspec read: one ranged GET each on object stores
+
+
+def _transient_fsspec_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        types.append(aiohttp.ClientError)
+    with contextlib.suppress(ImportError):
+        from botocore import exceptions as boto
+
+        types += [boto.EndpointConnectionError, boto.ConnectTimeoutError, boto.ReadTimeoutError,
+                  boto.ConnectionClosedError]
+    return tuple(types)
+
+
+class FsspecTransport:
+    """Reads through any fsspec filesystem; a resumed attempt seeks to where the last one broke off."""
+
+    def __init__(self, location: str, source: str, storage_options: Mapping[str, Any], settings: FetchSettings) -> None:
+        self.location = location
+        self.source = source
+        self.storage_options = dict(storage_options)
+        if url_scheme(file_segment(location)) in S3_SCHEMES:
+            # the same stall timeout as over HTTP, unless the caller configured botocore themselves
+            timeouts = {"read_timeout": settings.read_timeout, "connect_timeout": settings.read_timeout}
+            self.storage_options["config_kwargs"] = {**timeouts, **(self.storage_options.get("config_kwargs") or {})}
+        self.settings = settings
+        self._fs: Any = None
+        self._path = ""
+
+    def _filesystem(self) -> tuple[Any, str]:
+        if self._fs is None:
+            import fsspec
+
+            try:
+                # A fresh instance: fsspec's instance cache would keep a client made under older
+                # credentials or endpoint variables.
+                self._fs, self._path = fsspec.core.url_to_fs(
+                    self.location, skip_instance_cache=True, **self.storage_options
+                )
+            except ImportError as exc:
+                scheme = url_scheme(self.location)
+                hint = "pip install 'clipkit[s3]'" if scheme in S3_SCHEMES else "install the fsspec implementation"
+                raise ConfigurationError(
+                    f"cannot fetch {self.source}: the filesystem for {scheme}:// is not installed ({exc}); {hint}"
+                ) from None
+            except TypeError as exc:
+                raise ConfigurationError(
+                    f"storage_options {sorted(self.storage_options)} were refused by the "
+                    f"{url_scheme(self.location)}:// filesystem: {exc}"
+                ) from None
+        return self._fs, self._path
+
+    def _raise(self, exc: BaseException) -> None:
+        mapped = self._map(exc)
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
+
+    def _map(self, exc: BaseException) -> BaseException:
+        name = type(exc).__name__
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+            return SourceNotFoundError(f"{self.source} does not exist ({exc}); check the bucket and key",
+                                       source=self.source)
+        if isinstance(exc, PermissionError):
+            if self.storage_options.get("anon"):
+                advice = "anonymous access is not allowed there; drop anon=True and provide credentials"
+            else:
+                advice = ("check the credentials (AWS_* variables, ~/.aws files, or storage_options key/secret), "
+                          "or use storage_options={'anon': True} for a public bucket")
+            return AccessDeniedError(f"access to {self.source} was refused ({exc}); {advice}", source=self.source)
+        if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+            return AccessDeniedError(
+                f"no usable credentials to read {self.source} ({exc}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                f"or a profile, or pass storage_options={{'anon': True}} for a public bucket",
+                source=self.source,
+            )
+        if isinstance(exc, _transient_fsspec_types()) or (type(exc) is OSError):
+            return Transient(f"{name}: {exc}")
+        if isinstance(exc, OSError) and not isinstance(exc, ClipkitError):
+            return FetchError(f"could not fetch {self.source}: {name}: {exc}", source=self.source)
+        return exc
+
+    def open(self, offset: int) -> Body:
+        fs, path = self._filesystem()
+        scheme = url_scheme(file_segment(self.location))
+        kwargs = {"block_size": FSSPEC_CHUNK, "cache_type": "none"} if scheme in S3_SCHEMES else {}
+        try:
+            handle = fs.open(path, "rb", **kwargs)
+        except Exception as exc:
+            self._raise(exc)
+        start = 0
+        try:
+            total = getattr(handle, "size", None)
+            if total is None:
+                total = fs.size(path)
+            if offset:
+                with contextlib.suppress(OSError, ValueError):
+                    handle.seek(offset)
+                    start = handle.tell()
+        except Exception as exc:
+            handle.close()
+            self._raise(exc)
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                try:
+                    data = handle.read(FSSPEC_CHUNK)
+                except Exception as exc:
+                    self._raise(exc)
+                if not data:
+                    return
+                yield data
+
+        return Body(start=start, total=int(total) if total is not None else None, chunks=chunks(), close=handle.close)
