@@ -254,7 +254,7 @@ def _with_retries(call: Callable[[], T], ref: HubRef, endpoint: str | None) -> T
                 raise
             if _is_transient(exc) and failures < settings.max_retries:
                 failures += 1
-                fetching._sleep(settings.backoff(failures))
+                fetching.download._sleep(settings.backoff(failures))
                 continue
             raise _translate(exc, ref, endpoint) from exc
 
