@@ -4,11 +4,12 @@ The official CLIP releases are TorchScript archives: a zip whose ``data.pkl``
 pickles the module tree (``__torch__.*`` classes holding tensors), whose
 ``data/<key>`` entries hold the raw tensor bytes, and whose ``code/`` holds the
 TorchScript source of every class. ``torch.jit.load`` compiles that source and
-calls the classes' ``__setstate__``; this module does neither. A restricted
-unpickler turns every ``__torch__`` class into an inert record of its state,
-rebuilds tensors only through ``torch._utils``'s rebuild functions from storages
-it maps straight out of the zip (zero copy when the entry is stored, as torch
-stores them), and refuses every other global with ``UnsafeCheckpointError``.
+calls the classes' ``__setstate__``; this module does neither. clipkit's
+restricted unpickler (``clipkit.unpickling``, the same rules as for torch
+files, within the file's budget) turns every ``__torch__`` class into an inert
+record of its state, rebuilds tensors from storages mapped straight out of the
+zip (zero copy when the entry is stored, as torch stores them; inflated within
+budget otherwise), and refuses every other global with ``UnsafeCheckpointError``.
 Which attributes are parameters or buffers is read from the ``__parameters__``
 and ``__buffers__`` lines of the class source, as text.
 """
@@ -16,27 +17,29 @@ and ``__buffers__`` lines of the class source, as text.
 from __future__ import annotations
 
 import ast
-import io
 import os
 import pickle
 import re
-import struct
-import sys
 import zipfile
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 import torch
 
-from clipkit.errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from clipkit.errors import CheckpointError, CheckpointNotFoundError
+from clipkit.limits import MAX_JSON_BYTES, TensorBudget, inflate_cap
+from clipkit.pickle_scan import MAX_PICKLE_BYTES, scan_pickle
+from clipkit.torchfile import check_byteorder
+from clipkit.unpickling import Refused, SafeUnpickler, safe_unpickle
+from clipkit.zipstore import ZipStorages, open_zip, read_entry
 
 __all__ = [
     "METADATA_KEYS",
     "TorchScriptArchive",
     "is_torchscript_archive",
+    "preflight",
     "read_torchscript_archive",
     "read_torchscript_state_dict",
     "split_metadata",
@@ -46,22 +49,6 @@ __all__ = [
 METADATA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-# What the TorchScript pickler writes for each storage type (torch/csrc/jit/serialization/pickler.cpp).
-_STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-}
 
 _CLASS_LINE = re.compile(r"^class\s+([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^)]*)\))?\s*:")
 _LIST_LINE = re.compile(r"^\s+(__parameters__|__buffers__)\s*=\s*(\[.*\])\s*$")
@@ -128,25 +115,20 @@ def read_torchscript_archive(path: str | os.PathLike[str]) -> TorchScriptArchive
     attributes; the same safety rules and errors apply.
     """
     path = Path(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except FileNotFoundError as exc:
-        raise CheckpointNotFoundError(f"{path} does not exist; check the path") from exc
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable zip file ({exc}); a TorchScript archive is a zip: "
-            "the download was probably cut short, fetch it again"
-        ) from exc
-    with zf:
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path} does not exist; check the path")
+    with open_zip(path) as zf:
         prefix = _torchscript_prefix(zf.namelist())
         if prefix is None:
             raise CheckpointError(
                 f"{path} is not a TorchScript archive (no <name>/data.pkl with code/ or constants.pkl); "
                 "read plain torch checkpoints with clipkit.checkpoint.read_state_dict"
             )
-        _check_byteorder(zf, prefix, path)
-        storages = _StorageReader(path, zf, prefix)
-        root = _unpickle(zf, f"{prefix}/data.pkl", storages, path)
+        check_byteorder(zf, prefix, path)
+        storages = ZipStorages(path, zf, prefix)
+        data = read_entry(zf, f"{prefix}/data.pkl", path, limit=MAX_PICKLE_BYTES)
+        root = safe_unpickle(data, lambda f: _ArchiveUnpickler(f, storages), path=path, what="data.pkl",
+                             advice="Fetch it again; if you trust it, jit=True lets TorchScript itself load it")
         declarations = _ClassDeclarations(zf, prefix)
         if not isinstance(root, _ScriptObject):
             raise CheckpointError(
@@ -160,6 +142,31 @@ def read_torchscript_archive(path: str | os.PathLike[str]) -> TorchScriptArchive
             else {}
         )
         return TorchScriptArchive(state_dict=state, root_class=root.qualified_name, attributes=attributes)
+
+
+def preflight(path: str | os.PathLike[str]) -> None:
+    """Check a TorchScript archive before ``torch.jit.load`` (``jit=True``) reads it, without running anything.
+
+    Every entry's declared size must be within the inflation cap for its
+    compressed size, all entries together within the file's, and every pickle
+    in it (``data.pkl``, ``constants.pkl``, ...) must pass the structure scan.
+    What this cannot check, TorchScript trusts: the archive's code runs.
+    Raises ``CheckpointError``.
+    """
+    path = Path(path)
+    file_size = path.stat().st_size
+    budget = TensorBudget(path, file_size)
+    with open_zip(path) as zf:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                if info.file_size > inflate_cap(info.compress_size, file_size):
+                    raise CheckpointError(
+                        f"{path}: the compressed entry {info.filename} declares {info.file_size} bytes from "
+                        f"{info.compress_size}; clipkit refuses zip bombs"
+                    )
+                budget.charge_inflation(info.filename, info.file_size)
+            if info.filename.endswith(".pkl"):
+                scan_pickle(read_entry(zf, info.filename, path, limit=MAX_PICKLE_BYTES), what=f"{path}: {info.filename}")
 
 
 def split_metadata(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -190,81 +197,7 @@ def _torchscript_prefix(names: list[str]) -> str | None:
     return None
 
 
-def _check_byteorder(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
-    name = f"{prefix}/byteorder"
-    if name not in zf.namelist():
-        return  # archives older than the byteorder record are little-endian
-    order = zf.read(name).decode("ascii", "replace").strip()
-    if order != sys.byteorder:
-        raise CheckpointError(
-            f"{path} stores its tensors {order}-endian and this machine is {sys.byteorder}-endian; "
-            "load it with jit=True, or convert it with torch on a matching machine"
-        )
-
-
-class _StorageReader:
-    """Turns ``('storage', type, key, location, numel)`` persistent ids into CPU storages over ``data/<key>``.
-
-    Stored (uncompressed) entries at an offset aligned for their dtype are
-    slices of one private memory map of the whole file: no copy, pages read on
-    demand. Other entries (compressed by some zip tool) are read into memory.
-    """
-
-    def __init__(self, path: Path, zf: zipfile.ZipFile, prefix: str) -> None:
-        self.path = path
-        self.zf = zf
-        self.prefix = prefix
-        self._cache: dict[str, torch.UntypedStorage] = {}
-        self._mapped: torch.UntypedStorage | None = None
-
-    def _whole_file(self) -> torch.UntypedStorage:
-        if self._mapped is None:
-            size = self.path.stat().st_size
-            # shared=False maps the file privately: writes to the tensors never reach the file
-            self._mapped = torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=size)
-        return self._mapped
-
-    def _data_offset(self, info: zipfile.ZipInfo) -> int:
-        with open(self.path, "rb") as fh:
-            fh.seek(info.header_offset)
-            header = fh.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            raise CheckpointError(f"{self.path}: the zip entry {info.filename} is damaged; fetch the file again")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        return info.header_offset + 30 + name_len + extra_len
-
-    def storage(self, key: str, dtype: torch.dtype, numel: int) -> torch.UntypedStorage:
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        name = f"{self.prefix}/data/{key}"
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        nbytes = numel * itemsize
-        try:
-            info = self.zf.getinfo(name)
-        except KeyError:
-            raise CheckpointError(
-                f"{self.path}: the archive refers to tensor data {name} that it does not contain; "
-                "the file is incomplete or damaged: fetch it again"
-            ) from None
-        if info.file_size < nbytes:
-            raise CheckpointError(
-                f"{self.path}: tensor data {name} holds {info.file_size} bytes but {nbytes} are needed; "
-                "the file is truncated or damaged: fetch it again"
-            )
-        start = self._data_offset(info) if info.compress_type == zipfile.ZIP_STORED and nbytes else -1
-        if nbytes == 0:  # a non-resizable empty view: a crafted rebuild cannot grow it into stray memory
-            storage = self._whole_file()[0:0]
-        elif start >= 0 and start % itemsize == 0:
-            storage = self._whole_file()[start : start + nbytes]
-        else:
-            data = bytearray(self.zf.read(name)[:nbytes])
-            storage = torch.frombuffer(data, dtype=torch.uint8).untyped_storage()
-        self._cache[key] = storage
-        return storage
-
-
-# -- the restricted unpickler --------------------------------------------------------------------------
+# -- the unpickler: torch's rules plus TorchScript's records ------------------------------------------
 
 
 class _ScriptObject:
@@ -283,85 +216,29 @@ class _ScriptObject:
         return f"<{self.qualified_name} record>"
 
 
-class _Refused:
-    """What a refused global becomes while the pickle is scanned to its end: inert, collecting nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-
-class _StorageType:
-    """What ``torch.<Type>Storage`` becomes: just the dtype it names."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-
-def _rebuild_tensor(
-    storage: Any,
-    storage_offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    requires_grad: bool = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> torch.Tensor:
-    # arguments from the file are checked, then handed to torch's own rebuild function
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise pickle.UnpicklingError("a tensor was rebuilt from something that is not a storage of this archive")
-    if not all(isinstance(v, int) for v in (storage_offset, *size, *stride)):
-        raise pickle.UnpicklingError("a tensor's offset, size or stride is not made of integers")
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, tuple(size), tuple(stride), False, OrderedDict())
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None, *state: Any) -> Any:
-    if not isinstance(data, torch.Tensor):
-        raise pickle.UnpicklingError("a parameter was rebuilt from something that is not a tensor")
-    return data
-
-
 def _same(value: Any, *_: Any) -> Any:
     return value
 
 
 def _as_list(value: Any, *_: Any) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise pickle.UnpicklingError("a TorchScript list tag was given something that is not a list")
     return list(value)
 
 
-def _make_device(spec: Any, *_: Any) -> torch.device:
-    if not isinstance(spec, str):
-        raise pickle.UnpicklingError(f"torch.device needs a string, the archive gave {type(spec).__name__}")
-    return torch.device(spec)
+class _ArchiveUnpickler(SafeUnpickler):
+    """``data.pkl`` of a TorchScript archive: ``__torch__`` classes become records, typed lists plain lists."""
 
-
-_ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch", "device"): _make_device,
-    ("builtins", "complex"): complex,
-    # the TorchScript pickler tags typed lists and containers with these
-    ("torch.jit._pickle", "build_intlist"): _as_list,
-    ("torch.jit._pickle", "build_floatlist"): _as_list,
-    ("torch.jit._pickle", "build_doublelist"): _as_list,
-    ("torch.jit._pickle", "build_boollist"): _as_list,
-    ("torch.jit._pickle", "build_tensorlist"): _as_list,
-    ("torch.jit._pickle", "restore_type_tag"): _same,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles ``data.pkl``: ``__torch__`` classes become records, tensors come from the archive's storages."""
-
-    def __init__(self, file: io.BytesIO, storages: _StorageReader) -> None:
-        super().__init__(file)
-        self.storages = storages
-        self.refused: list[str] = []
+    def __init__(self, file: BinaryIO, storages: ZipStorages) -> None:
+        super().__init__(file, storages, what="data.pkl")
         self._records: dict[str, type[_ScriptObject]] = {}
+
+    def allowed(self) -> dict[tuple[str, str], Any]:
+        table = super().allowed()
+        for name in ("build_intlist", "build_floatlist", "build_doublelist", "build_boollist", "build_tensorlist"):
+            table[("torch.jit._pickle", name)] = _as_list
+        table[("torch.jit._pickle", "restore_type_tag")] = _same
+        return table
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
@@ -371,51 +248,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 record = type("ScriptRecord", (_ScriptObject,), {"qualified_name": qualified})
                 self._records[qualified] = record
             return record
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        allowed = _ALLOWED.get((module, name))
-        if allowed is not None:
-            return allowed
-        self.refused.append(f"{module}.{name}")
-        return type("Refused", (_Refused,), {})
+        return super().find_class(module, name)
 
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
-            raise pickle.UnpicklingError(f"malformed storage reference {pid!r:.80}")
-        if "/" in key or key in ("", ".", "..") or numel < 0:
-            raise pickle.UnpicklingError(f"malformed storage key {key!r:.40}")
-        untyped = self.storages.storage(key, storage_type.dtype, numel)
-        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=storage_type.dtype, _internal=True)
-
-
-def _unpickle(zf: zipfile.ZipFile, name: str, storages: _StorageReader, path: Path) -> Any:
-    unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(name)), storages)
-    failure: Exception | None = None
-    try:
-        result = unpickler.load()
-    except Exception as exc:  # noqa: BLE001 - judged below, after the refusals
-        failure = exc
-        result = None
-    if unpickler.refused:
-        refused = sorted(set(unpickler.refused))
-        raise UnsafeCheckpointError(
-            f"{path}: the archive's {name.split('/', 1)[-1]} asks for {', '.join(refused)}, which a model's "
-            "weights never need; clipkit refused to run it. Do not load this file unless you trust it and "
-            "know why it does that",
-            globals=refused,
-        )
-    if isinstance(failure, CheckpointError):
-        raise failure
-    if failure is not None:
-        raise CheckpointError(
-            f"{path}: the archive's weights could not be read as data ({type(failure).__name__}: {failure}); "
-            "the file is damaged or was written by an unusual exporter. Fetch it again; if you trust it, "
-            "jit=True lets TorchScript itself load it"
-        ) from failure
-    return result
+    def buildable(self, inst: Any) -> bool:
+        return isinstance(inst, (_ScriptObject, Refused)) or super().buildable(inst)
 
 
 # -- parameters and buffers from the class source ------------------------------------------------------------
@@ -443,7 +279,8 @@ class _ClassDeclarations:
     def _parse(self, source: str) -> dict[str, tuple[bool, tuple[str, ...], tuple[str, ...]]]:
         classes: dict[str, tuple[bool, tuple[str, ...], tuple[str, ...]]] = {}
         current: str | None = None
-        for line in self.zf.read(source).decode("utf-8", "replace").splitlines():
+        text = read_entry(self.zf, source, Path(self.zf.filename or "archive"), limit=MAX_JSON_BYTES)
+        for line in text.decode("utf-8", "replace").splitlines():
             head = _CLASS_LINE.match(line)
             if head:
                 current = head.group(1)

@@ -1,30 +1,32 @@
 """Reading checkpoint files into flat state dicts, safely.
 
-Every pickle goes through ``torch.load(..., weights_only=True)``; the only extra
-types allowed are numpy scalars, dtypes and plain arrays, which training
-scripts store next to the weights (epoch counters, metrics). TorchScript
-archives are read as data by ``clipkit.archive`` without running their code.
-safetensors files are memory-mapped, copy-on-write, with no copy of the data.
+Every pickle goes through clipkit's restricted unpickler (``clipkit.torchfile``
+for ``torch.save`` files, ``clipkit.archive`` for TorchScript archives, read as
+data without running their code): tensors, containers and plain numbers
+only, including the numpy scalars and numeric arrays training scripts store
+next to the weights. safetensors files are memory-mapped, copy-on-write, with
+no copy of the data. Every file is read within a budget (``clipkit.limits``):
+no tensor needs more bytes than the file holds, no header or index nests or
+grows without bound, and side files stay inside the checkpoint's folder.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import pickle
 import struct
-import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from clipkit.errors import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from clipkit.errors import CheckpointError, CheckpointNotFoundError
+from clipkit.inputs import check_regular_file
+from clipkit import torchfile
+from clipkit.limits import MAX_JSON_BYTES, inside, parse_json, read_json
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
@@ -43,26 +45,6 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-
-def _numpy_safe_globals() -> list[Any]:
-    """numpy scalars, dtypes and plain arrays, under both their numpy 2 and numpy 1 module names."""
-    core = getattr(np, "_core", None) or np.core
-    allowed: list[Any] = [np.dtype, np.ndarray]
-    for name in ("scalar", "_reconstruct"):
-        obj = getattr(core.multiarray, name)
-        allowed += [obj, (obj, f"numpy.core.multiarray.{name}"), (obj, f"numpy._core.multiarray.{name}")]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        allowed += [
-            cls
-            for cls in vars(dtypes).values()
-            if isinstance(cls, type) and issubclass(cls, np.dtype) and cls.__name__ != "ObjectDType"
-        ]
-    return allowed
-
-
-_NUMPY_SAFE = _numpy_safe_globals()
 
 
 def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
@@ -92,10 +74,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ``UnsafeCheckpointError`` (a pickle that asks for code).
     """
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         return _read_directory(path)
+    check_regular_file(path)
     return flatten_checkpoint(_read_file(path), source=str(path))
 
 
@@ -128,15 +111,16 @@ def _shard_set(path: Path, files: list[Path]) -> list[Path]:
     """The shards of one sharded safetensors checkpoint in ``path`` (from its index file or its file names), or []."""
     indexes = sorted(path.glob("*.safetensors.index.json"))
     if len(indexes) == 1:
-        try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{indexes[0]} is not a valid safetensors index: {exc}") from exc
-        missing = [name for name in names if not (path / name).is_file()]
+        index = read_json(indexes[0])
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{indexes[0]} is not a valid safetensors index: no weight_map of file names")
+        names = sorted(set(weight_map.values()))
+        shards = [inside(path, name, what=str(indexes[0])) for name in names]
+        missing = [name for name, shard in zip(names, shards) if not shard.is_file()]
         if missing:
             raise CheckpointError(f"{path} is missing shards listed in {indexes[0].name}: {', '.join(missing)}")
-        return [path / name for name in names]
+        return shards
     groups: dict[tuple[str, str], list[Path]] = {}
     for file in files:
         match = _SHARD.match(file.name)
@@ -159,73 +143,15 @@ def _read_file(path: Path) -> Any:
             from clipkit import archive
 
             return archive.read_torchscript_state_dict(path)
-        return _torch_load(path, mmap=True)
+        return torchfile.read_torch_zip(path)
     if _looks_like_safetensors(head, size):
         return read_safetensors(path)
     if head.startswith(_PICKLE_PROTO):
-        return _torch_load(path, mmap=False)
+        return torchfile.read_legacy_file(path)
     raise CheckpointError(
         f"{path} is not a checkpoint clipkit can read: expected a torch file (zip or pickle), "
         f"a TorchScript archive or safetensors, but it starts with {head[:8]!r}"
     )
-
-
-def _torch_load(path: Path, *, mmap: bool) -> Any:
-    try:
-        with torch.serialization.safe_globals(_NUMPY_SAFE), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # numpy-alias notices from safe_globals
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        unsafe = _unsafe_globals(path)
-        if unsafe or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            listed = ", ".join(unsafe) if unsafe else str(exc).splitlines()[0]
-            raise UnsafeCheckpointError(
-                f"{path} asks to unpickle code clipkit will not run ({listed}). clipkit only reads tensors, "
-                "containers and numpy scalars. If you trust the file, re-save just its weights: "
-                "torch.save(obj['state_dict'], 'weights.pt') in a session where you accept that risk.",
-                globals=unsafe,
-            ) from exc
-        raise CheckpointError(f"{path} could not be read as a torch checkpoint: {exc}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
-            "the file may be truncated or corrupt: fetch or save it again"
-        ) from exc
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # torch's scanner reads zip files only
-        found = _legacy_pickle_globals(path)
-    allowed = {
-        name if isinstance(name, str) else f"{name.__module__}.{name.__qualname__}"
-        for obj in _NUMPY_SAFE
-        for name in ([obj[1]] if isinstance(obj, tuple) else [obj])
-    }
-    return sorted(set(found) - allowed)
-
-
-def _legacy_pickle_globals(path: Path) -> list[str]:
-    """The ``module.name`` globals that a legacy (non-zip) torch file's pickles reference, found without unpickling."""
-    import pickletools
-
-    safe = {"torch._utils", "collections", "torch"}
-    found: set[str] = set()
-    strings: list[str] = []
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                for opcode, arg, _ in pickletools.genops(fh):
-                    if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                        strings.append(str(arg))
-                    elif opcode.name == "GLOBAL":
-                        found.add(str(arg).replace(" ", "."))
-                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.add(f"{strings[-2]}.{strings[-1]}")
-            except Exception:  # the raw storage bytes after the pickles are not opcodes
-                break
-    return sorted(g for g in found if g.rsplit(".", 1)[0] not in safe)
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -247,18 +173,21 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         if len(head) < 8:
             raise CheckpointError(f"{path} is too short to be a safetensors file ({size} bytes)")
         (header_len,) = struct.unpack("<Q", head)
-        try:
-            header = json.loads(fh.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
+        if header_len > min(size - 8, MAX_JSON_BYTES):
+            raise CheckpointError(
+                f"{path} declares a safetensors header of {header_len} bytes, more than the file holds or "
+                f"clipkit's limit of {MAX_JSON_BYTES}; the file is truncated, damaged or crafted"
+            )
+        header = parse_json(fh.read(header_len), what=f"{path}'s safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt safetensors header: expected a JSON object")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     tensors: dict[str, torch.Tensor] = {}
-    for key, info in header.items():
-        dtype, shape, begin, end = _safetensors_entry(path, key, info)
+    entries = {key: _safetensors_entry(path, key, info) for key, info in header.items()}
+    _check_disjoint(path, entries)
+    for key, (dtype, shape, begin, end) in entries.items():
         itemsize = torch.empty((), dtype=dtype).element_size()
         numel = math.prod(shape)
         offset = data_start + begin
@@ -272,6 +201,18 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             tensor = torch.empty(0, dtype=torch.uint8).set_(storage, offset, [end - begin]).clone().view(dtype).reshape(shape)
         tensors[key] = tensor
     return tensors
+
+
+def _check_disjoint(path: Path, entries: Mapping[str, tuple[torch.dtype, list[int], int, int]]) -> None:
+    """Refuse safetensors entries whose byte ranges overlap: each tensor owns its bytes, as the format requires."""
+    last_end, last_key = 0, None
+    for key, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin < last_end:
+            raise CheckpointError(
+                f"{path}: safetensors entries {last_key!r} and {key!r} share bytes; each tensor must own its "
+                "bytes (a crafted file could otherwise make many tensors out of one)"
+            )
+        last_end, last_key = max(last_end, end), key
 
 
 def _safetensors_entry(path: Path, key: str, info: Any) -> tuple[torch.dtype, list[int], int, int]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clipkit.archive import preflight
 from clipkit.checkpoint import is_torchscript_archive
 from clipkit.errors import CheckpointNotFoundError, ConfigurationError, JITError
 
@@ -97,6 +98,7 @@ def load_jit(
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError(f"device {target} was asked for but CUDA is not available; pass device='cpu'")
     map_location = target if target.type == "cuda" else torch.device("cpu")
+    preflight(path)
     try:
         with _quiet_torchscript():
             model = torch.jit.load(str(path), map_location=map_location)

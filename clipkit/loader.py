@@ -27,6 +27,7 @@ from clipkit.errors import (
     UnknownModelError,
 )
 from clipkit.hub import is_hub_source
+from clipkit.inputs import check_regular_file, check_source_argument
 from clipkit.nn import cast_model
 from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
 from clipkit.spec import ArchSpec, ModelSource, check_sha256
@@ -111,6 +112,7 @@ def resolve_source(
     """
     registry = registry or get_registry()
     sha256 = check_sha256(sha256)
+    check_source_argument(source)
     text = os.fspath(source)
     if not isinstance(source, os.PathLike):
         models, duplicates = _merged_models(registry)
@@ -122,6 +124,7 @@ def resolve_source(
     local = Path(text).expanduser()
     if "://" not in text and not is_hub_source(text):
         if local.exists():
+            check_regular_file(local)
             if sha256 is not None:
                 from clipkit.fetching import verify_file
 
@@ -349,10 +352,11 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     """The weights' dtype: ``dtype`` if given, else float16 on CUDA and float32 elsewhere (as the reference)."""
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
+    given = dtype
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigurationError(f"dtype must be a floating torch.dtype such as torch.float16, got {dtype!r}")
+        raise ConfigurationError(f"dtype must be a floating torch.dtype such as torch.float16, got {given!r}")
     return dtype
 
 

@@ -1,0 +1,159 @@
+"""Hostile files: each crafted in code, loaded in a child process with a memory limit, answered with a typed error.
+
+One row of issue 9's table a test. The child (``tests/sandbox.py``) survives
+nothing it should not: a crash is reported as ``crash:<signal>``, any exception
+that is not a ``ClipkitError`` as ``other:<type>``, and each case's peak-RSS
+growth is measured, so every test asserts the error type, that the child
+exited normally, and that memory stayed small.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import factories
+import hostile
+from sandbox import run_cases
+
+MB = 1024  # rss_growth_kb is in KiB
+SMALL = 200 * MB  # what refusing any of these files may cost, far below what the attacks asked for
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Any]]:
+    """Every crafted case, built once and run in one sandboxed child: name -> (case, result)."""
+    root = tmp_path_factory.mktemp("hostile")
+    path, sock = hostile.socket_file(root)
+    cases: list[dict[str, Any]] = [
+        {"name": "numpy-object", "call": "read", "source": str(hostile.numpy_object_pointer(root))},
+        {"name": "stride0", "call": "load", "source": str(hostile.stride0_checkpoint(root))},
+        {"name": "nested-safetensors", "call": "read", "source": str(hostile.nested_safetensors(root))},
+        {"name": "empty-source", "call": "load", "source": ""},
+        {"name": "fifo", "call": "load", "source": str(hostile.fifo(root))},
+        {"name": "dev-zero", "call": "load", "source": "/dev/zero"},
+        {"name": "socket", "call": "load", "source": str(path)},
+        {"name": "dtype-nonsense", "call": "load", "source": str(hostile.deflated_torch_zip(root, "data0")),
+         "kwargs": {"dtype": "nonsense"}},
+    ]
+    for entry in ("byteorder", "data.pkl", "data/0"):
+        bomb = str(hostile.deflate_bomb_archive(root, entry))
+        cases.append({"name": f"bomb-{entry}", "call": "read", "source": bomb})
+        cases.append({"name": f"bomb-{entry}-jit", "call": "load", "source": bomb, "kwargs": {"jit": True}})
+    for fmt in ("zip", "legacy", "torchscript"):
+        cases.append({"name": f"nested-{fmt}", "call": "read", "source": str(hostile.nested_tuple(root, fmt))})
+    for name, folder in (("index-nested", hostile.nested_index(root / "a")),
+                         ("index-parent", hostile.escaping_index(root / "b", "../outside.safetensors")),
+                         ("index-absolute", hostile.escaping_index(root / "c", str(root / "x.safetensors")))):
+        cases.append({"name": name, "call": "read", "source": str(folder)})
+    try:
+        results = run_cases(cases)
+    finally:
+        sock.close()
+    return {case["name"]: (case, results.get(case["name"])) for case in cases}
+
+
+def _refused(crafted: dict, name: str, error: str, *words: str) -> dict[str, Any]:
+    case, result = crafted[name]
+    assert result is not None, f"{name} never ran"
+    assert result["status"] == 0, f"{name}: the child died ({result['outcome']}): {result['message']}"
+    assert result["outcome"] == error, f"{name}: {result['outcome']}: {result['message']}"
+    for word in words:
+        assert word in result["message"], f"{name}: {word!r} not in {result['message']!r}"
+    assert 0 <= result["rss_growth_kb"] < SMALL, f"{name}: peak RSS grew by {result['rss_growth_kb']} KiB"
+    return result
+
+
+def test_a_numpy_void_dtype_with_an_object_field_is_refused_naming_the_global(crafted) -> None:
+    _refused(crafted, "numpy-object", "UnsafeCheckpointError", "numpy.dtype", "'V8'")
+
+
+@pytest.mark.parametrize("entry", ["byteorder", "data.pkl", "data/0"])
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_deflate_bomb_in_a_torchscript_archive_is_refused_cheaply(crafted, entry: str, jit: bool) -> None:
+    _refused(crafted, f"bomb-{entry}{'-jit' if jit else ''}", "CheckpointError", entry)
+
+
+def test_a_stride0_expanded_embedding_is_refused_before_it_is_materialised(crafted) -> None:
+    _refused(crafted, "stride0", "CheckpointError", "stride [0, 1]", "4000000")
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "torchscript"])
+def test_a_tuple_nested_a_million_deep_is_refused_by_the_opcode_scan(crafted, fmt: str) -> None:
+    _refused(crafted, f"nested-{fmt}", "CheckpointError", "nests values more than")
+
+
+def test_a_safetensors_header_nested_deep_is_refused(crafted) -> None:
+    _refused(crafted, "nested-safetensors", "CheckpointError", "safetensors header", "nests JSON")
+
+
+def test_a_shard_index_nested_deep_is_refused(crafted) -> None:
+    _refused(crafted, "index-nested", "CheckpointError", "index.json", "nests JSON")
+
+
+@pytest.mark.parametrize("name", ["index-parent", "index-absolute"])
+def test_a_shard_index_naming_a_file_outside_its_folder_is_refused(crafted, name: str) -> None:
+    result = _refused(crafted, name, "CheckpointError", "outside the checkpoint's folder")
+    assert "outside.safetensors" in result["message"] or "x.safetensors" in result["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "words"),
+    [
+        ("empty-source", "ConfigurationError", ("source is empty", "''")),
+        ("fifo", "CheckpointError", ("pipe.pt", "FIFO")),
+        ("dev-zero", "CheckpointError", ("/dev/zero", "character device")),
+        ("socket", "CheckpointError", ("sock.pt", "socket")),
+        ("dtype-nonsense", "ConfigurationError", ("'nonsense'",)),
+    ],
+)
+def test_odd_inputs_each_get_their_own_answer_naming_what_was_given(crafted, name: str, error: str, words) -> None:
+    _refused(crafted, name, error, *words)
+
+
+@pytest.mark.parametrize("which", ["data0", "all"])
+def test_a_deflated_torch_zip_loads_the_same_weights_torch_reads(tmp_path: Path, which: str) -> None:
+    from clipkit.checkpoint import read_state_dict
+
+    path = hostile.deflated_torch_zip(tmp_path, which)
+    reference = torch.load(path, weights_only=True)
+    ours = read_state_dict(path)
+    assert list(ours) == list(reference)
+    for key, value in reference.items():
+        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+
+
+def test_a_legacy_file_reads_the_same_weights_torch_reads(tmp_path: Path) -> None:
+    from clipkit.checkpoint import read_state_dict
+
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(hostile.legacy_bytes({"state_dict": hostile.state_dict(), "epoch": 2}))
+    reference = torch.load(path, weights_only=True)["state_dict"]
+    ours = read_state_dict(path)
+    assert all(torch.equal(ours[key], value) for key, value in reference.items()) and list(ours) == list(reference)
+
+
+def test_plain_numpy_values_in_a_training_checkpoint_still_load(tmp_path: Path) -> None:
+    import numpy as np
+
+    from clipkit.checkpoint import read_state_dict
+
+    path = tmp_path / "train.pt"
+    extras = {"epoch": np.int64(3), "loss": np.float32(0.5), "curve": np.arange(6.0).reshape(2, 3),
+              "flags": np.array([True, False]), "z": np.array([1 + 2j], dtype=">c16")}
+    torch.save({"state_dict": hostile.state_dict(), **extras}, path)
+    ours = read_state_dict(path)
+    assert set(ours) == set(factories.make_state_dict(factories.TINY_VIT))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_read_state_dict_never_opens_a_fifo(tmp_path: Path) -> None:
+    from clipkit.checkpoint import read_state_dict
+    from clipkit.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="FIFO"):
+        read_state_dict(hostile.fifo(tmp_path))
