@@ -122,6 +122,21 @@ class StateDictError(ClipkitError):
         self.mismatched = tuple(mismatched)
 
 
+# -- adapting and exporting models ------------------------------------------------------
+
+
+class ResizeError(ConfigurationError):
+    """A model cannot run at the asked input size or text length (its family cannot resize, or not to that size)."""
+
+
+class TowerError(ConfigurationError):
+    """A model cannot be loaded one tower at a time (its family does not say how to cut it)."""
+
+
+class ExportError(ClipkitError):
+    """A model cannot be exported to the asked format, or the exported file does not reproduce the model."""
+
+
 # -- TorchScript ----------------------------------------------------------------------
 
 
@@ -172,13 +187,16 @@ __all__ = [
     "ClipkitError",
     "ConfigurationError",
     "ContextLengthError",
+    "ExportError",
     "FetchError",
     "JITError",
     "NoClaimantError",
     "OfflineError",
     "PluginError",
+    "ResizeError",
     "SourceNotFoundError",
     "StateDictError",
+    "TowerError",
     "UnknownModelError",
     "UnsafeCheckpointError",
 ]

@@ -10,7 +10,9 @@ The pipeline calls them in this order::
     register_models()                      -> names for clipkit.load("ViT-B/32")
     fetch_checkpoint(source, cache_dir, sha256, storage_options)   -> local path
     detect_architecture(state_dict, path)  -> ArchSpec (exactly one claimant)
+    adapt_state_dict(state_dict, spec, target)  -> only for image_resolution= / context_length=
     build_model(spec)                      -> nn.Module on the meta device
+    select_tower(model, spec, tower)       -> only for tower="image" / "text"
     make_transform(spec)                   -> PIL image -> tensor
     make_tokenizer(spec)                   -> texts -> LongTensor (when a tokenizer is asked for)
 """
@@ -133,4 +135,42 @@ def make_tokenizer(spec: ArchSpec) -> Callable[..., torch.Tensor] | None:
     Return ``None`` for "not my family". The built-in OpenAI BPE tokenizer
     (``clipkit.tokenize``'s, truncating) is ``trylast``, so any plugin's answer
     comes first. The first non-``None`` answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def adapt_state_dict(
+    state_dict: Mapping[str, torch.Tensor], spec: ArchSpec, target: ArchSpec
+) -> Mapping[str, torch.Tensor] | None:
+    """Make ``state_dict`` (which fits ``spec``) fit ``target``: the same spec at another input size or text length.
+
+    Called once per load, and only when the caller asked for an
+    ``image_resolution`` or ``context_length`` other than the checkpoint's;
+    ``target`` is ``spec`` with those fields replaced (``image_resolution`` may
+    be a ``(height, width)`` pair). Return a new mapping: ``state_dict``'s
+    entries with the size-dependent tensors (positional embeddings) resized
+    and every other entry passed through untouched (reading the rest would
+    defeat memory-mapped loading). ``clipkit.nn`` has the shared pieces:
+    ``resize_grid_embedding`` (bicubic, antialiased, leading tokens kept, as
+    open_clip's ``resize_pos_embed``) and ``resize_text_embedding``. Raise
+    ``clipkit.errors.ResizeError`` for a size the family cannot run at (not a
+    multiple of the patch size, say). Return ``None`` for "not my family"; if
+    no plugin answers, the load fails with ``ResizeError``. The first
+    non-``None`` answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def select_tower(model: torch.nn.Module, spec: ArchSpec, tower: str) -> torch.nn.Module | None:
+    """Cut one tower (``"image"`` or ``"text"``) out of ``model``, built for ``spec`` on the meta device.
+
+    Called once per ``clipkit.load(..., tower=...)``, before any weight is
+    loaded. Return a module holding only that tower's submodules (shared with
+    ``model``, so nothing is allocated) with ``encode_image`` or
+    ``encode_text``, ``logit_scale`` and the tower's projection; its
+    ``state_dict`` keys must be the full model's keys for that tower, so the
+    core loads exactly those entries and never reads the other tower's. The
+    built-in answer (``trylast``) cuts any ``clipkit.nn.CLIP``. Return ``None``
+    for "not my model"; if no plugin answers, the load fails with
+    ``clipkit.errors.TowerError``. The first non-``None`` answer wins.
     """

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import torch
 
-from clipkit import checkpoint
+from clipkit import adapt, checkpoint
 from clipkit.errors import (
     AmbiguousArchitectureError,
     CheckpointError,
@@ -406,6 +406,9 @@ def load(
     *,
     dtype: torch.dtype | str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    image_resolution: int | tuple[int, int] | None = None,
+    context_length: int | None = None,
+    tower: str | None = None,
     **spec_overrides: Any,
 ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a CLIP checkpoint and return ``(model, preprocess)``, like the reference ``clip.load``.
@@ -419,12 +422,20 @@ def load(
     directory; ``sha256`` the expected digest; ``storage_options`` go to fsspec.
     Any other keyword overrides a field of the detected spec that shapes cannot
     show, e.g. ``quick_gelu=False`` for weights trained with GELU.
+
+    ``image_resolution`` (a side, or ``(height, width)``) and ``context_length``
+    adapt the model to another input size or text length (positional
+    embeddings resized, see ``clipkit.adapt``; the transform matches).
+    ``tower="image"`` or ``"text"`` returns that encoder alone; the other
+    tower's tensors are never read nor allocated.
     """
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
     path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options)
     registry = get_registry()
+    adaptations = {"image_resolution": image_resolution, "context_length": context_length, "tower": tower}
     if jit:
+        spec_overrides.update({key: value for key, value in adaptations.items() if value is not None})
         if spec_overrides:
             raise ConfigurationError(
                 f"options {', '.join(spec_overrides)} change the architecture and cannot apply to a TorchScript "
@@ -437,7 +448,11 @@ def load(
         return model, make_transform(model.clipkit_spec, registry=registry)
     state_dict = _read_source(path, source, sha256)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
+    spec, state_dict = adapt.resize(state_dict, spec, image_resolution=image_resolution,
+                                    context_length=context_length, tower=tower, registry=registry)
     model = build_for_loading(spec, registry=registry)
+    if tower is not None:
+        model, state_dict = adapt.one_tower(model, spec, tower, state_dict, registry=registry)
     load_weights(model, state_dict)
     place(model, target, weights_dtype)
     model.eval()

@@ -30,6 +30,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "clipkit.builtin.vit",
     "clipkit.builtin.transforms",
     "clipkit.builtin.tokenizers",
+    "clipkit.builtin.adapting",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT

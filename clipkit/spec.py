@@ -25,18 +25,37 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
+def _square_or_pair(value: Any) -> Any:
+    """A list becomes a tuple, and a square ``(side, side)`` becomes ``side``: one spelling per size."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == value[1]:
+        return value[0]
+    return value
+
+
+def _resolution(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    sides = value if isinstance(value, tuple) else (value,)
+    if len(sides) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sides):
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a positive int or a (height, width) pair "
+            f"of positive ints, got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class ArchSpec:
     """The architecture of one checkpoint: which family builds it and at what input size.
 
     ``family`` names the plugin family that understands the spec (``"vit"``,
     ``"resnet"``, or a third party's own); ``image_resolution`` is the square side
-    in pixels that the image encoder expects. Plugins subclass this with every
+    in pixels that the image encoder expects, or a ``(height, width)`` pair for a
+    non-square input (a square pair is stored as its side). Plugins subclass this with every
     hyperparameter they infer, keeping the class frozen and keyword-only.
     """
 
     family: str
-    image_resolution: int = attrs.field(validator=_positive)
+    image_resolution: int | tuple[int, int] = attrs.field(converter=_square_or_pair, validator=_resolution)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec's fields as a plain dict (tuples stay tuples), for printing and JSON."""

@@ -15,7 +15,9 @@ from clipkit.nn.layers import (
     Transformer,
     cast_model,
 )
+from clipkit.nn.resize import resize_grid_embedding, resize_text_embedding
 from clipkit.nn.resnet import AttentionPool2d, BatchNorm2d, Bottleneck, ModifiedResNet
+from clipkit.nn.towers import TOWERS, ImageTower, TextTower, split_tower
 from clipkit.nn.vit import VisionTransformer
 
 __all__ = [
@@ -31,4 +33,10 @@ __all__ = [
     "Transformer",
     "VisionTransformer",
     "cast_model",
+    "ImageTower",
+    "TextTower",
+    "TOWERS",
+    "resize_grid_embedding",
+    "resize_text_embedding",
+    "split_tower",
 ]

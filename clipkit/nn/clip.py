@@ -10,7 +10,7 @@ from torch import nn
 from clipkit.errors import ConfigurationError
 from clipkit.nn.layers import LayerNorm, Transformer
 
-__all__ = ["CLIP"]
+__all__ = ["CLIP", "drop_metadata", "encode_tokens"]
 
 # This model's scalar attributes, which some checkpoints (the official TorchScript archives) also store
 # as entries beside the weights. They restate what the tensor shapes already say, so loading drops them.
@@ -92,19 +92,7 @@ class CLIP(nn.Module):
         row (``text.argmax(dim=-1)``), as the reference does. ``tokens`` may be
         shorter than ``context_length`` but not longer.
         """
-        tokens = text.shape[-1]
-        if tokens > self.context_length:
-            raise ConfigurationError(
-                f"text has {tokens} tokens but this model's context length is {self.context_length}; "
-                f"tokenize with context_length={self.context_length}"
-            )
-        dtype = self.dtype
-        x = self.token_embedding(text).to(dtype)
-        x = x + self.positional_embedding[:tokens].to(dtype)
-        x = self.transformer(x)
-        x = self.ln_final(x).to(dtype)
-        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
-        return x @ self.text_projection.to(dtype)
+        return encode_tokens(self, text, self.dtype)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logits_per_image, logits_per_text)``: scaled cosine similarities, ``[images, texts]`` and its transpose."""
@@ -128,12 +116,38 @@ class CLIP(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # the archives' metadata restates the shapes; a one-element logit_scale is the same scalar
-        for key in _SCALAR_ATTRIBUTE_KEYS:
-            state_dict.pop(prefix + key, None)
-        scale = state_dict.get(prefix + "logit_scale")
-        if isinstance(scale, torch.Tensor) and scale.shape == (1,):
-            state_dict[prefix + "logit_scale"] = scale.reshape(())
+        drop_metadata(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def drop_metadata(state_dict: dict[str, Any], prefix: str) -> None:
+    """Drop the archives' metadata entries (they restate the shapes) and make a one-element ``logit_scale`` 0-dim."""
+    for key in _SCALAR_ATTRIBUTE_KEYS:
+        state_dict.pop(prefix + key, None)
+    scale = state_dict.get(prefix + "logit_scale")
+    if isinstance(scale, torch.Tensor) and scale.shape == (1,):
+        state_dict[prefix + "logit_scale"] = scale.reshape(())
+
+
+def encode_tokens(text_tower: nn.Module, text: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The text tower's forward pass in ``dtype`` on a module holding CLIP's text attributes.
+
+    ``text_tower`` has ``token_embedding``, ``positional_embedding``,
+    ``transformer``, ``ln_final`` and ``text_projection`` (a ``CLIP``, or the
+    text tower alone); each row is read at its highest token id.
+    """
+    tokens = text.shape[-1]
+    context_length = text_tower.positional_embedding.shape[0]
+    if tokens > context_length:
+        raise ConfigurationError(
+            f"text has {tokens} tokens but this model's context length is {context_length}; "
+            f"tokenize with context_length={context_length}"
+        )
+    x = text_tower.token_embedding(text).to(dtype)
+    x = x + text_tower.positional_embedding[:tokens].to(dtype)
+    x = text_tower.transformer(x)
+    x = text_tower.ln_final(x).to(dtype)
+    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+    return x @ text_tower.text_projection.to(dtype)

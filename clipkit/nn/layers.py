@@ -44,11 +44,17 @@ class LayerNorm(nn.LayerNorm):
         return out.to(x.dtype)
 
 
-def check_resolution(images: torch.Tensor, resolution: int) -> None:
-    """Raise ``ConfigurationError`` unless ``images`` are ``resolution`` x ``resolution`` (the tower's input size)."""
-    if images.shape[-2:] != (resolution, resolution):
+def pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of an input size given as one side (square) or as a pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_resolution(images: torch.Tensor, resolution: int | tuple[int, int]) -> None:
+    """Raise ``ConfigurationError`` unless ``images`` are ``resolution`` (one side, or ``(height, width)``)."""
+    height, width = pair(resolution)
+    if images.shape[-2:] != (height, width):
         raise ConfigurationError(
-            f"this model expects {resolution}x{resolution} images, got {tuple(images.shape[-2:])}; "
+            f"this model expects {height}x{width} images (height x width), got {tuple(images.shape[-2:])}; "
             "resize with the preprocess transform returned by clipkit.load"
         )
 

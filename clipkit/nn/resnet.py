@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.errors import ConfigurationError
-from clipkit.nn.layers import check_resolution
+from clipkit.nn.layers import check_resolution, pair
 
 __all__ = ["AttentionPool2d", "BatchNorm2d", "Bottleneck", "ModifiedResNet"]
 
@@ -74,17 +74,21 @@ class Bottleneck(nn.Module):
 class AttentionPool2d(nn.Module):
     """Pool a feature map to one vector by attending from the mean token to every position.
 
-    Keys: ``positional_embedding`` ``[spacial_dim**2 + 1, embed_dim]``, ``q_proj``,
+    Keys: ``positional_embedding`` ``[spacial_dim**2 + 1, embed_dim]`` (``[rows * cols + 1, embed_dim]``
+    for a ``(rows, cols)`` feature map), ``q_proj``,
     ``k_proj``, ``v_proj`` and ``c_proj`` (``embed_dim -> output_dim``).
     """
 
-    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int | None = None) -> None:
+    def __init__(
+        self, spacial_dim: int | tuple[int, int], embed_dim: int, num_heads: int, output_dim: int | None = None
+    ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ConfigurationError(f"attention pool width {embed_dim} is not divisible by {num_heads} heads")
         self.spacial_dim = spacial_dim
         self.num_heads = num_heads
-        self.positional_embedding = nn.Parameter(torch.empty(spacial_dim * spacial_dim + 1, embed_dim))
+        rows, cols = pair(spacial_dim)
+        self.positional_embedding = nn.Parameter(torch.empty(rows * cols + 1, embed_dim))
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -118,7 +122,7 @@ class ModifiedResNet(nn.Module):
         layers: Sequence[int],
         output_dim: int,
         heads: int,
-        input_resolution: int = 224,
+        input_resolution: int | tuple[int, int] = 224,
         width: int = 64,
     ) -> None:
         super().__init__()
@@ -151,7 +155,9 @@ class ModifiedResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
 
-        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+        rows, cols = pair(input_resolution)
+        spacial = rows // 32 if rows == cols else (rows // 32, cols // 32)
+        self.attnpool = AttentionPool2d(spacial, width * 32, heads, output_dim)
 
     @property
     def dtype(self) -> torch.dtype:

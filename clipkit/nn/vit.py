@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clipkit.nn.layers import LayerNorm, Transformer, check_resolution
+from clipkit.nn.layers import LayerNorm, Transformer, check_resolution, pair
 
 __all__ = ["VisionTransformer"]
 
@@ -13,7 +13,8 @@ __all__ = ["VisionTransformer"]
 class VisionTransformer(nn.Module):
     """Patchify with a strided convolution, prepend a class token, run a transformer, project the class token.
 
-    ``input_resolution // patch_size`` patches per side; ``output_dim`` is the
+    ``input_resolution // patch_size`` patches per side (``input_resolution`` is
+    one side, or ``(height, width)`` for a non-square grid); ``output_dim`` is the
     joint embedding width. State dict keys (under ``visual.`` in a CLIP):
     ``conv1.weight``, ``class_embedding``, ``positional_embedding``, ``ln_pre``,
     ``transformer.resblocks.N``, ``ln_post``, ``proj``.
@@ -21,7 +22,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(
         self,
-        input_resolution: int,
+        input_resolution: int | tuple[int, int],
         patch_size: int,
         width: int,
         layers: int,
@@ -34,10 +35,10 @@ class VisionTransformer(nn.Module):
         self.input_resolution = input_resolution
         self.patch_size = patch_size
         self.output_dim = output_dim
-        grid = input_resolution // patch_size
+        rows, cols = (side // patch_size for side in pair(input_resolution))
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(width))
-        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
+        self.positional_embedding = nn.Parameter(torch.empty(rows * cols + 1, width))
         self.ln_pre = LayerNorm(width)
         self.transformer = Transformer(width, layers, heads, quick_gelu=quick_gelu)
         self.ln_post = LayerNorm(width)
