@@ -1,4 +1,4 @@
-"""The ``clipkit`` command: list models and plugins, inspect, fetch, load and export checkpoints.
+"""The ``clipkit`` command: list models and plugins, inspect, fetch, load and export checkpoints; embed and classify collections.
 
 Each subcommand lives in its own module of this package with a ``register(sub)``
 that adds its parser and a ``run(args)`` that does the work; ``COMMANDS`` lists
@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clipkit.cli import export, fetch, inspect, load, models, plugins
+from clipkit.cli import batch, export, fetch, inspect, load, models, plugins
 from clipkit.errors import ClipkitError
 
-COMMANDS = (models, inspect, plugins, fetch, load, export)
+COMMANDS = (models, inspect, plugins, fetch, load, export, batch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,147 @@
+"""Batch embedding and zero-shot classification with the local engine, on real photos and random weights."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import batch_fixtures as bf
+import factories
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+import clipkit  # noqa: E402
+from clipkit import batch  # noqa: E402
+from clipkit.errors import ConfigurationError  # noqa: E402
+
+RUN = dict(device="cpu", batch_size=4, workers=2, shard_size=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-vit.pt"
+    factories.write_checkpoint(path, bf.TINY_FULL_VOCAB)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return clipkit.load(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Twelve photos, two of them one folder down, and three broken files among them."""
+    folder = tmp_path_factory.mktemp("photos")
+    files = bf.photo_bytes(12)
+    bf.write_files(folder, files[:10])
+    bf.write_files(folder / "more", files[10:])
+    bf.write_files(folder, bf.broken_files())
+    (folder / "README.md").write_text("not an image: not listed")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def embedded(photos, checkpoint, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("out") / "embeddings"
+    return batch.embed_images(photos, dest, model=checkpoint, **RUN)
+
+
+def test_local_embeddings_equal_encode_image_row_for_row(embedded, photos, model):
+    table = embedded.read()
+    paths = sorted(p for p in photos.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert table.column("id").to_pylist() == [str(p) for p in paths]
+    assert table.column("index").to_pylist() == list(range(15))
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), bf.TINY_FULL_VOCAB.embed_dim)
+    good = [p for p in paths if not p.name.startswith("broken")]
+    expected = bf.direct_image_embeddings(*model, good)
+    np.testing.assert_allclose(bf.embedding_matrix(table), expected, rtol=0, atol=2e-6)
+    assert np.allclose(np.linalg.norm(expected, axis=1), 1.0)
+    assert embedded.shards == 3 and embedded.written == (0, 1, 2) and embedded.skipped == ()
+
+
+def test_a_corrupt_file_lands_in_the_errors_and_the_run_goes_on(embedded):
+    table = embedded.read().to_pylist()
+    broken = {row["id"].rsplit("/", 1)[1]: row for row in table if row["error"] is not None}
+    assert set(broken) == {"broken-empty.jpg", "broken-text.png", "broken-truncated.jpg"}
+    assert all(row["embedding"] is None for row in broken.values())
+    assert broken["broken-text.png"]["error"].startswith("UnidentifiedImageError: cannot identify image file")
+    assert "truncated" in broken["broken-truncated.jpg"]["error"]
+    assert sorted(error[0].rsplit("/", 1)[1] for error in embedded.errors) == sorted(broken)
+
+
+def test_a_resumed_run_skips_written_shards_and_writes_the_same_table(embedded, photos, checkpoint, tmp_path):
+    dest = tmp_path / "resumed"
+    shutil.copytree(embedded.dest, dest)
+    (dest / "part-00001.parquet").unlink()  # as if the run had stopped while writing shard 1
+    before = (dest / "part-00002.parquet").stat().st_mtime_ns
+    result = batch.embed_images(photos, dest, model=checkpoint, **RUN)
+    assert result.written == (1,) and result.skipped == (0, 2)
+    assert (dest / "part-00002.parquet").stat().st_mtime_ns == before
+    assert result.read().equals(embedded.read())
+    assert sorted(p.name for p in dest.iterdir()) == ["_manifest.json", *(f"part-0000{k}.parquet" for k in range(3))]
+    with pytest.raises(ConfigurationError, match="different run .*shard_size"):
+        batch.embed_images(photos, dest, model=checkpoint, **{**RUN, "shard_size": 4})
+
+
+def test_classify_top1_equals_a_direct_computation(photos, checkpoint, model, tmp_path):
+    labels = ["astronaut", "cat", "cup of coffee", "rocket", "coins"]
+    templates = ["a photo of a {}.", "a blurry picture of the {}."]
+    result = batch.classify(photos, tmp_path / "cls", model=checkpoint, labels=labels, templates=templates,
+                            top_k=3, **RUN)
+    rows = [row for row in result.read().to_pylist() if row["error"] is None]
+    net, preprocess = model
+    tokenizer = clipkit.get_tokenizer(net)
+    with torch.no_grad():
+        weights = torch.stack([F.normalize(F.normalize(net.encode_text(tokenizer([t.format(label) for t in templates])),
+                                                       dim=-1).mean(0), dim=-1) for label in labels])
+        images = torch.from_numpy(bf.direct_image_embeddings(net, preprocess, [Path(row["id"]) for row in rows]))
+        probs = (net.logit_scale.exp() * images @ weights.t()).softmax(dim=-1)
+    assert [row["labels"][0] for row in rows] == [labels[i] for i in probs.argmax(dim=-1).tolist()]
+    np.testing.assert_allclose([row["scores"] for row in rows], probs.topk(3).values.numpy(), atol=1e-5)
+    assert {row["score_kind"] for row in rows} == {"softmax"} and result.score_kind == "softmax"
+    assert all(len(row["labels"]) == 3 for row in rows)
+
+
+def test_captions_and_tables_as_sources(photos, checkpoint, model, embedded, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a photo of a cat\n\na rocket on the launch pad\nan astronaut\n")
+    table = batch.embed_texts(captions, tmp_path / "text", model=checkpoint, **RUN).read()
+    assert table.column("id").to_pylist() == ["1", "3", "4"]
+    net, _ = model
+    with torch.no_grad():
+        expected = F.normalize(net.encode_text(clipkit.get_tokenizer(net)(table.column("text").to_pylist())), dim=-1)
+    np.testing.assert_allclose(bf.embedding_matrix(table), expected.numpy(), atol=2e-6)
+
+    listing = tmp_path / "listing.csv"  # relative paths, read from the table's folder
+    rows = [str(p.relative_to(photos)) for p in sorted(photos.rglob("*.jpg"))]
+    shutil.copytree(photos, tmp_path / "photos")
+    listing.write_text("key,path\n" + "".join(f"k{n},photos/{row}\n" for n, row in enumerate(rows)))
+    out = batch.embed_images(listing, tmp_path / "from-table", model=checkpoint, id_column="key", **RUN).read()
+    by_name = {row["id"].rsplit("/", 1)[1]: row["embedding"] for row in embedded.read().to_pylist()}
+    assert out.column("id").to_pylist() == [f"k{n}" for n in range(len(rows))]
+    expected = [by_name[r.rsplit("/", 1)[-1]] for r in rows]
+    assert [row["embedding"] is None for row in out.to_pylist()] == [e is None for e in expected]
+    np.testing.assert_allclose(bf.embedding_matrix(out), [e for e in expected if e is not None], atol=2e-6)
+
+
+def test_the_embed_and_classify_commands(photos, checkpoint, tmp_path):
+    dest = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "clipkit", "classify", str(photos), "--out", str(dest),
+                           "--model", str(checkpoint), "--device", "cpu", "--labels", "cat", "rocket",
+                           "--top-k", "1", "--workers", "1"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "15 inputs" in proc.stdout and "3 could not be read" in proc.stdout and "broken-text.png" in proc.stdout
+    table = pq.read_table(dest)
+    assert table.num_rows == 15 and set(table.column("score_kind").to_pylist()) == {"softmax"}
+    proc = subprocess.run([sys.executable, "-m", "clipkit", "embed", str(photos / "nothing-here"), "--out",
+                           str(tmp_path / "none"), "--model", str(checkpoint)], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 2 and proc.stderr.startswith("clipkit: error: ") and "Traceback" not in proc.stderr
