@@ -95,6 +95,11 @@ def _read_directory(path: Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             merged.update(read_state_dict(shard))
         return merged
+    from clipkit.layouts import choose_checkpoint
+
+    choice = choose_checkpoint(p.name for p in path.iterdir() if p.is_file())
+    if choice is not None and choice.layout != "single file":  # a layout the repo's config names
+        return read_state_dict(path / choice.weights)
     for name in _PREFERRED_FILES:
         if (path / name).is_file():
             return read_state_dict(path / name)

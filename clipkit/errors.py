@@ -167,6 +167,18 @@ class OfflineError(FetchError):
     """``CLIPKIT_OFFLINE`` is set and the checkpoint is not in the cache."""
 
 
+class SourcesExhaustedError(FetchError):
+    """Every source of a named model failed (mirror, original, Hub copies).
+
+    ``attempts`` lists ``(source, why)`` for each, in the order tried; the message says the same.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None,
+                 attempts: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message, source=source)
+        self.attempts = tuple(attempts)
+
+
 class ChecksumError(ClipkitError):
     """A file's SHA-256 does not match the expected digest. Nothing is left in the cache."""
 
@@ -195,6 +207,7 @@ __all__ = [
     "PluginError",
     "ResizeError",
     "SourceNotFoundError",
+    "SourcesExhaustedError",
     "StateDictError",
     "TowerError",
     "UnknownModelError",

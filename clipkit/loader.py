@@ -26,7 +26,7 @@ from clipkit.errors import (
     StateDictError,
     UnknownModelError,
 )
-from clipkit.hub import is_hub_source
+from clipkit.fetching.hub import is_hub_source
 from clipkit.inputs import check_regular_file, check_source_argument
 from clipkit.nn import cast_model
 from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
@@ -102,13 +102,18 @@ def resolve_source(
     sha256: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     registry: PluginRegistry | None = None,
+    mirror: str | None = None,
+    archive_only: bool = False,
 ) -> Path:
     """Turn ``source`` into a local checkpoint path, fetching it if needed.
 
-    A registered name resolves to its URL and digest; an existing local path is
-    used in place (its digest checked when one is given); anything else goes to
-    the ``fetch_checkpoint`` plugins. Raises ``UnknownModelError`` for a name
-    that is none of these and ``CheckpointNotFoundError`` for a missing path.
+    A registered name resolves through its sources in order (``mirror`` or
+    ``$CLIPKIT_MIRROR``, its URL, its Hub copies; any cached copy first: see
+    ``clipkit.model_sources``); an existing local path is used in place (its digest
+    checked when one is given); anything else goes to the ``fetch_checkpoint``
+    plugins (``archive_only``: only a name's own file, for ``jit=True``). Raises
+    ``UnknownModelError`` for a name that is none of these and
+    ``CheckpointNotFoundError`` for a missing path.
     """
     registry = registry or get_registry()
     sha256 = check_sha256(sha256)
@@ -119,8 +124,11 @@ def resolve_source(
         if text in duplicates:
             raise PluginError(_duplicate_message(text, duplicates[text]), hook="register_models")
         if text in models:
-            entry = models[text]
-            return _fetch(entry.url, sha256 or entry.sha256, download_root, storage_options, registry)
+            from clipkit.model_sources import fetch_named
+
+            return fetch_named(text, models[text], cache_dir=cache_dir(download_root), registry=registry,
+                               sha256=sha256, storage_options=storage_options, mirror=mirror,
+                               archive_only=archive_only).path
     local = Path(text).expanduser()
     if "://" not in text and not is_hub_source(text):
         if local.exists():
@@ -409,6 +417,7 @@ def load(
     image_resolution: int | tuple[int, int] | None = None,
     context_length: int | None = None,
     tower: str | None = None,
+    mirror: str | None = None,
     **spec_overrides: Any,
 ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a CLIP checkpoint and return ``(model, preprocess)``, like the reference ``clip.load``.
@@ -419,9 +428,11 @@ def load(
     available, else CPU) with float16 weights on CUDA and float32 elsewhere
     unless ``dtype`` says otherwise. ``jit=True`` runs the TorchScript archive
     itself, its graphs patched for the device. ``download_root`` is the cache
-    directory; ``sha256`` the expected digest; ``storage_options`` go to fsspec.
-    Any other keyword overrides a field of the detected spec that shapes cannot
-    show, e.g. ``quick_gelu=False`` for weights trained with GELU.
+    directory; ``sha256`` the expected digest; ``storage_options`` go to fsspec;
+    ``mirror`` (else ``$CLIPKIT_MIRROR``) serves registered names' files as
+    ``<mirror>/<sha256>/<file>``, tried first. Any other keyword overrides a
+    field of the detected spec that shapes cannot show, e.g. ``quick_gelu=False``
+    for weights trained with GELU.
 
     ``image_resolution`` (a side, or ``(height, width)``) and ``context_length``
     adapt the model to another input size or text length (positional
@@ -431,7 +442,8 @@ def load(
     """
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
-    path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options)
+    path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options,
+                          mirror=mirror, archive_only=jit)
     registry = get_registry()
     adaptations = {"image_resolution": image_resolution, "context_length": context_length, "tower": tower}
     if jit:
@@ -466,7 +478,9 @@ def inspect(
     download_root: str | os.PathLike[str] | None = None,
     sha256: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    mirror: str | None = None,
 ) -> ArchSpec:
     """Detect the architecture of ``source`` without building the model; return its ``ArchSpec``."""
-    path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options)
+    path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options,
+                          mirror=mirror)
     return detect_architecture(_read_source(path, source, sha256), path)

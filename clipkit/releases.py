@@ -24,6 +24,22 @@ OFFICIAL_RELEASES: dict[str, tuple[str, str]] = {
     "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
 }
 
+#: name -> (open_clip's copy on the Hugging Face Hub, in its layout with ``open_clip_config.json``, as
+#: open_clip 3.3's ``pretrained.py`` lists for the ``openai`` tag; transformers' copy, read by the clipkit-hf
+#: plugin, or ``None``). The same weights as the release, in other files: tried, in this order, after the
+#: original URL. No revision is pinned: the repos' commits could not be checked when this table was written.
+OFFICIAL_HUB_COPIES: dict[str, tuple[str, str | None]] = {
+    "RN50": ("timm/resnet50_clip.openai", None),
+    "RN101": ("timm/resnet101_clip.openai", None),
+    "RN50x4": ("timm/resnet50x4_clip.openai", None),
+    "RN50x16": ("timm/resnet50x16_clip.openai", None),
+    "RN50x64": ("timm/resnet50x64_clip.openai", None),
+    "ViT-B/32": ("timm/vit_base_patch32_clip_224.openai", "openai/clip-vit-base-patch32"),
+    "ViT-B/16": ("timm/vit_base_patch16_clip_224.openai", "openai/clip-vit-base-patch16"),
+    "ViT-L/14": ("timm/vit_large_patch14_clip_224.openai", "openai/clip-vit-large-patch14"),
+    "ViT-L/14@336px": ("timm/vit_large_patch14_clip_336.openai", "openai/clip-vit-large-patch14-336"),
+}
+
 #: (sha256, file name) of each official release: the files the cache keeps under their bare name.
 OFFICIAL_FILES: frozenset[tuple[str, str]] = frozenset(OFFICIAL_RELEASES.values())
 

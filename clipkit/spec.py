@@ -74,13 +74,41 @@ def check_sha256(digest: str | None, *, what: str = "sha256") -> str | None:
 
 
 @attrs.frozen(kw_only=True)
+class AlternateSource:
+    """Another place a named model's weights can come from when its own URL fails (or is not cached).
+
+    ``source`` is anything ``clipkit.load`` accepts (a URL, ``hf-hub:<org>/<repo>[@rev]``,
+    ``hf://...``); ``sha256`` the digest of its weights file where known (checked
+    on top of the source's own verification); ``requires`` the distribution of the
+    plugin that reads its layout (e.g. ``"clipkit-hf"``): without it installed the
+    source is skipped. The copy must hold the same weights: the same model and outputs.
+    """
+
+    source: str
+    sha256: str | None = attrs.field(default=None, converter=check_sha256)
+    requires: str | None = None
+    description: str = ""
+
+
+def _alternates(value: Any) -> tuple[AlternateSource, ...]:
+    items = tuple(value or ())
+    for item in items:
+        if not isinstance(item, AlternateSource):
+            raise ConfigurationError(f"ModelSource.alternates holds AlternateSource items, got {type(item).__name__}")
+    return items
+
+
+@attrs.frozen(kw_only=True)
 class ModelSource:
     """Where a named model's checkpoint lives: a URL and, optionally, its SHA-256 digest.
 
     Returned by ``register_models`` implementations. The weights are data, not code:
     nothing here says how to build the model; the checkpoint's own shapes do.
+    ``alternates`` are other copies of the same weights, tried in order after
+    ``url`` fails with an error that will not heal (see ``clipkit.model_sources``).
     """
 
     url: str
     sha256: str | None = attrs.field(default=None, converter=check_sha256)
     description: str = ""
+    alternates: tuple[AlternateSource, ...] = attrs.field(default=(), converter=_alternates)

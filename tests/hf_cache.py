@@ -17,8 +17,10 @@ it. No tree listing is written, as for files fetched one by one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from hub_server import LFS_SUFFIXES, git_blob_id
 
@@ -48,3 +50,18 @@ def write_hf_cache(cache: str | os.PathLike[str], repo_id: str, files: dict[str,
     (folder / "refs").mkdir(parents=True, exist_ok=True)
     (folder / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def open_clip_config(config: Any, *, quick_gelu: bool = True) -> bytes:
+    """``open_clip_config.json`` as open_clip publishes it beside the weights, for a ``factories.CLIPConfig`` ViT."""
+    return json.dumps({
+        "model_cfg": {
+            "embed_dim": config.embed_dim, "quick_gelu": quick_gelu,
+            "vision_cfg": {"image_size": config.image_resolution, "layers": config.vision_layers,
+                           "width": config.vision_width, "patch_size": config.vision_patch_size},
+            "text_cfg": {"context_length": config.context_length, "vocab_size": config.vocab_size,
+                         "width": config.text_width, "heads": config.text_heads, "layers": config.text_layers},
+        },
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
+    }).encode()

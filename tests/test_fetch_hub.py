@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import factories
@@ -13,7 +12,7 @@ import torch
 pytest.importorskip("huggingface_hub")
 
 import clipkit  # noqa: E402
-from clipkit import hub  # noqa: E402
+from clipkit.fetching import hub  # noqa: E402
 from clipkit.errors import (  # noqa: E402
     AccessDeniedError,
     ChecksumError,
@@ -21,17 +20,10 @@ from clipkit.errors import (  # noqa: E402
     OfflineError,
     SourceNotFoundError,
 )
-from hf_cache import write_hf_cache  # noqa: E402
+from hf_cache import open_clip_config, write_hf_cache  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 
 REPO = "timm/tiny_clip.openai"
-OPEN_CLIP_CONFIG = {
-    "model_cfg": {"embed_dim": 32, "quick_gelu": True,
-                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-                  "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 1, "layers": 2}},
-    "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-                       "interpolation": "bicubic", "resize_mode": "shortest"},
-}
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +48,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     decoy = {"head.weight": torch.zeros(2, 2)}
     factories.save_state_dict(decoy, root / "model.safetensors", format="safetensors")
     return {
-        "open_clip_config.json": json.dumps(OPEN_CLIP_CONFIG).encode(),
+        "open_clip_config.json": open_clip_config(factories.TINY_VIT),
         "open_clip_model.safetensors": (root / "open_clip_model.safetensors").read_bytes(),
         "open_clip_pytorch_model.bin": (root / "open_clip_pytorch_model.bin").read_bytes(),
         "config.json": b'{"architecture": "vit_base_patch32_clip_224"}',

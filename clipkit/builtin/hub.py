@@ -2,7 +2,7 @@
 
 A thin ``fetch_checkpoint`` implementation: the work (choosing the files,
 downloading through ``huggingface_hub`` into its cache, verifying each file
-against the digest the Hub advertised, offline mode) is ``clipkit.hub``.
+against the digest the Hub advertised, offline mode) is ``clipkit.fetching.hub``.
 Needs the optional extra ``clipkit[hub]``; without it a Hub source raises
 ``ConfigurationError`` naming the extra, and every other source is unaffected.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clipkit import hub
+from clipkit.fetching import hub
 from clipkit.hookspecs import hookimpl
 
 

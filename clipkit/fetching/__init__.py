@@ -15,7 +15,7 @@ from clipkit.fetching.cache import META_DIR, PART_SUFFIX, cache_path, lock_path,
 from clipkit.fetching.fetcher import fetch
 from clipkit.fetching.hashing import sha256_file, verify_file
 from clipkit.fetching.records import VerifiedRecord, forget, read_record
-from clipkit.fetching.settings import FetchSettings, is_offline
+from clipkit.fetching.settings import FetchSettings, cache_only, is_offline
 from clipkit.fetching.sources import (
     HTTP_SCHEMES,
     S3_SCHEMES,
@@ -35,6 +35,7 @@ __all__ = [
     "FetchSettings",
     "ResolvedSource",
     "VerifiedRecord",
+    "cache_only",
     "cache_path",
     "digest_in_path",
     "fetch",

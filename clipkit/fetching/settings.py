@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import random
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -73,7 +76,24 @@ def is_offline() -> bool:
     cached) instead of downloading. ``clipkit.fetching.fetch`` does this itself,
     so a plugin that delegates to it needs no check of its own.
     """
-    return os.environ.get("CLIPKIT_OFFLINE", "").strip().lower() not in FALSY
+    return _CACHE_ONLY.get() or os.environ.get("CLIPKIT_OFFLINE", "").strip().lower() not in FALSY
+
+
+_CACHE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("clipkit_cache_only", default=False)
+
+
+@contextlib.contextmanager
+def cache_only() -> Iterator[None]:
+    """Within the block (this thread or task only), ``is_offline()`` is true: fetchers serve caches, download nothing.
+
+    How ``clipkit.model_sources`` asks every source of a name for a cached copy
+    before any of them is downloaded.
+    """
+    token = _CACHE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHE_ONLY.reset(token)
 
 
 def progress_enabled(progress: bool | None) -> bool:

@@ -7,7 +7,7 @@ every other library that uses it. clipkit adds what it owns for every source:
 
 * **Only the files needed.** ``hf-hub:`` lists the repo at the revision
   (``HfApi.model_info``), picks one checkpoint's files (a config and one
-  weights file: see ``choose_checkpoint_files``) and downloads those alone
+  weights file: see ``clipkit.layouts``) and downloads those alone
   (``snapshot_download(allow_patterns=...)``). ``hf://`` downloads one file
   (``hf_hub_download``).
 * **Integrity.** Every file is checked against the digest the Hub advertised
@@ -47,6 +47,7 @@ from clipkit.errors import (
     OfflineError,
     SourceNotFoundError,
 )
+from clipkit.layouts import require_checkpoint
 
 HUB_PREFIX = "hf-hub:"
 HF_SCHEME = "hf://"
@@ -57,13 +58,6 @@ _FALSY = frozenset({"", "0", "false", "no", "off"})
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
-
-# What a repo holds, in the order tried: a config naming its format, then the weights, most preferred first.
-_LAYOUTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("open_clip_config.json",), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
-    (("config.json", "preprocessor_config.json"), ("model.safetensors", "pytorch_model.bin")),
-)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 T = TypeVar("T")
 
@@ -124,30 +118,12 @@ def parse_hub_source(source: str) -> HubRef:
     return HubRef(repo_id, revision, filename)
 
 
-def choose_checkpoint_files(names: Sequence[str]) -> list[str]:
-    """The files of one checkpoint among a repo's (or directory's) file ``names``: its configs, then its weights.
+def choose_checkpoint_files(names: Sequence[str], where: str = "the repo") -> list[str]:
+    """The files of one checkpoint among ``names``, configs first, weights last (``clipkit.layouts`` decides).
 
-    The first layout present wins: open_clip's (``open_clip_config.json`` with
-    ``open_clip_model.safetensors``, else ``open_clip_pytorch_model.bin``), then
-    transformers' (``config.json`` and ``preprocessor_config.json`` when
-    present, with ``model.safetensors``, else ``pytorch_model.bin``), then a
-    repo's single weights file at its root. Raises ``CheckpointError`` listing
-    the files when none fits.
+    Raises ``CheckpointError`` listing the files when no layout fits.
     """
-    present = set(names)
-    for configs, weights in _LAYOUTS:
-        if configs[0] in present:
-            chosen = [w for w in weights if w in present][:1]
-            if chosen:
-                return [c for c in configs if c in present] + chosen
-    root_weights = sorted(n for n in present if "/" not in n and n.endswith(_WEIGHT_SUFFIXES))
-    if len(root_weights) == 1:
-        return root_weights
-    listing = ", ".join(sorted(present)) or "no files"
-    raise CheckpointError(
-        f"cannot tell which checkpoint to load among the repo's files ({listing}); name one file with "
-        f"hf://<org>/<repo>/<file>"
-    )
+    return list(require_checkpoint(names, where).files)
 
 
 # -- environment ------------------------------------------------------------------------
@@ -384,6 +360,30 @@ def _cached_snapshot(hub: Any, ref: HubRef, cache: Path) -> Path:
         raise
 
 
+def find_cached(source: str) -> Path | None:
+    """The Hugging Face cache's copy of a Hub source (snapshot folder or file), if it is there; no network, no hashing.
+
+    For listings (``clipkit models``); loading verifies the files. ``None``
+    when ``huggingface_hub`` is missing, the source is malformed or not cached.
+    """
+    try:
+        ref = parse_hub_source(source)
+        hub = _hub_module()
+    except ConfigurationError:
+        return None
+    cache = hf_cache_dir()
+    if ref.filename is not None:
+        found = hub.try_to_load_from_cache(ref.repo_id, ref.filename, cache_dir=cache, revision=ref.revision)
+        return Path(found) if isinstance(found, str) else None
+    try:
+        snapshot = Path(hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache,
+                                              local_files_only=True))
+        choose_checkpoint_files([p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()])
+    except Exception:  # not cached, incomplete, or no checkpoint in it
+        return None
+    return snapshot
+
+
 def fetch_hub(source: str, *, sha256: str | None = None, records: Path | None = None) -> Path:
     """Return a local path for a Hub source, downloading into the Hugging Face cache only what is missing, verified.
 
@@ -428,7 +428,7 @@ def _serve_cached(hub: Any, ref: HubRef, cache: Path, records: Path | None) -> t
     snapshot = _cached_snapshot(hub, ref, cache)
     present = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
     try:
-        chosen = choose_checkpoint_files(present)
+        chosen = choose_checkpoint_files(present, f"the cached snapshot of {ref}")
     except CheckpointError as exc:
         raise OfflineError(f"{ref}: the cached snapshot {snapshot} holds no complete checkpoint ({exc}); "
                            f"fetch it once while online", source=str(ref)) from None
@@ -441,7 +441,7 @@ def _download_checkpoint(hub: Any, ref: HubRef, cache: Path, endpoint: str | Non
                          records: Path | None) -> tuple[Path, Path]:
     """List the repo, download the chosen files (those missing from the cache), verify them."""
     commit, files = _listing(hub, ref, endpoint)
-    chosen = choose_checkpoint_files(list(files))
+    chosen = choose_checkpoint_files(list(files), f"repo {ref.repo_id}")
     snapshot = Path(_with_retries(
         lambda: hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache, endpoint=endpoint,
                                       allow_patterns=chosen),
@@ -480,6 +480,7 @@ __all__ = [
     "advertised_digest",
     "choose_checkpoint_files",
     "fetch_hub",
+    "find_cached",
     "hf_cache_dir",
     "hub_offline",
     "is_hub_source",
