@@ -27,6 +27,7 @@ from clipkit.errors import (
     UnknownModelError,
 )
 from clipkit.fetching.hub import is_hub_source
+from clipkit.fetching.redact import redact_url
 from clipkit.inputs import check_regular_file, check_source_argument
 from clipkit.nn import cast_model
 from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
@@ -163,7 +164,7 @@ def _fetch(
     if result is None:
         scheme = url.split("://", 1)[0]
         raise ConfigurationError(
-            f"no fetcher handles {url!r} (scheme {scheme!r}); install the fsspec implementation for it "
+            f"no fetcher handles {redact_url(url)!r} (scheme {scheme!r}); install the fsspec implementation for it "
             f"or a clipkit plugin that fetches it (fetchers asked: {', '.join(registry.plugin_names('fetch_checkpoint'))})"
         )
     return Path(result)
@@ -396,7 +397,7 @@ def _read_source(path: Path, source: str | os.PathLike[str], sha256: str | None)
             raise  # the publisher's own bytes: downloading them again would not help
         fetching.forget(path)
         exc.args = (
-            f"{exc}\nThe download from {text} was removed from the cache (no digest vouched for it); "
+            f"{exc}\nThe download from {redact_url(text)} was removed from the cache (no digest vouched for it); "
             "check the URL, then load again to download it afresh.",
         )
         raise

@@ -240,9 +240,16 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             raise pickle.UnpicklingError("a tensor's offset, size or stride is not made of integers")
         self._tensors += 1
         itemsize = torch.empty((), dtype=dtype).element_size()
-        what = f"#{self._tensors} (storage {storage.key})"
+        what = f"{self._nearest_name()}(#{self._tensors}, storage {storage.key})"
         self.provider.budget.charge_view(what, storage.untyped.nbytes(), offset, size, stride, itemsize)
         return torch.empty((0,), dtype=dtype).set_(storage.untyped, offset, size, stride)
+
+    def _nearest_name(self) -> str:
+        """The key the tensor being rebuilt will be stored under, when the pickle's stack shows it (else "")."""
+        for value in reversed(self.stack):
+            if isinstance(value, str):
+                return f"{value[:200]!r} "
+        return ""
 
     # -- numpy, as plain numbers only -------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ def cache_path(
 def slot(location: str, cache_dir: Path, storage_options: Mapping[str, Any], digest: str | None) -> Path:
     """``cache_path`` for a location whose digest is already resolved (``None``: the URL names the slot)."""
     raw = posixpath.basename(url_path(location))
+    if "?" in raw and "=" in raw.split("?", 1)[1]:
+        raw = raw.split("?", 1)[0]  # a query (tokens, signatures) never names the cached file
     name = urllib.parse.unquote(raw).replace("/", "_").replace("\\", "_").replace("\x00", "_")
     if name in ("", ".", "..") or name.startswith("."):
         raise ConfigurationError(

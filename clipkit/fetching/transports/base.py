@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -30,3 +31,18 @@ class Transport(Protocol):
     """Opens the source at byte ``offset`` (a transport may answer from 0 instead: ``Body.start`` says which)."""
 
     def open(self, offset: int) -> Body: ...
+
+
+# getaddrinfo's answers that mean "this name does not exist" (not "try again later", which is EAI_AGAIN)
+_PERMANENT_EAI = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL") if hasattr(socket, name)}
+
+
+def is_permanent_dns_failure(exc: object) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a DNS answer that the name does not exist: retrying cannot help."""
+    seen = 0
+    while isinstance(exc, BaseException) and seen < 8:
+        if isinstance(exc, socket.gaierror) and exc.errno in _PERMANENT_EAI:
+            return True
+        exc = getattr(exc, "os_error", None) or getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    return False

@@ -9,7 +9,7 @@ from typing import Any
 from clipkit.errors import AccessDeniedError, ClipkitError, ConfigurationError, FetchError, SourceNotFoundError
 from clipkit.fetching.settings import FetchSettings
 from clipkit.fetching.sources import S3_SCHEMES, file_segment, url_scheme
-from clipkit.fetching.transports.base import Body, Transient
+from clipkit.fetching.transports.base import Body, Transient, is_permanent_dns_failure
 
 FSSPEC_CHUNK = 8 << 20  # bytes per fsspec read: one ranged GET each on object stores
 
@@ -90,6 +90,9 @@ class FsspecTransport:
                 f"or a profile, or pass storage_options={{'anon': True}} for a public bucket",
                 source=self.source,
             )
+        if is_permanent_dns_failure(exc):
+            return FetchError(f"could not fetch {self.source}: its host name does not resolve ({name}); check the URL",
+                              source=self.source)
         if isinstance(exc, _transient_fsspec_types()) or (type(exc) is OSError):
             return Transient(f"{name}: {exc}")
         if isinstance(exc, OSError) and not isinstance(exc, ClipkitError):

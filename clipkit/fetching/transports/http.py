@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import re
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
@@ -16,7 +18,7 @@ from typing import Any
 from clipkit.errors import AccessDeniedError, ConfigurationError, FetchError, SourceNotFoundError
 from clipkit.fetching.settings import FetchSettings
 from clipkit.fetching.sources import url_scheme
-from clipkit.fetching.transports.base import Body, Transient
+from clipkit.fetching.transports.base import Body, Transient, is_permanent_dns_failure
 from clipkit.version import __version__
 
 HTTP_CHUNK = 1 << 20  # at most this many bytes per read; a read returns what has arrived
@@ -41,6 +43,17 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def _split_userinfo(url: str) -> tuple[str, str | None]:
+    """``url`` without ``user:password@``, and the ``Authorization: Basic`` value it stood for (or ``None``)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+    return parts._replace(netloc=host).geturl(), "Basic " + base64.b64encode(token).decode("ascii")
+
+
 class HTTPTransport:
     """GETs with ``Range`` for resumption, over urllib (redirects and ``*_proxy`` variables honoured)."""
 
@@ -53,9 +66,11 @@ class HTTPTransport:
                 f"storage_options {sorted(unknown)} are not understood for {url_scheme(url)}:// sources; "
                 f"only {sorted(self.OPTIONS)} (extra request headers, e.g. Authorization) is"
             )
-        self.url = url
+        self.url, credentials = _split_userinfo(url)
         self.source = source
         self.headers = dict(storage_options.get("headers") or {})
+        if credentials and not any(k.lower() == "authorization" for k in self.headers):
+            self.headers["Authorization"] = credentials
         self.settings = settings
         self.validator: str | None = None  # ETag / Last-Modified of the first response, for If-Range
         self.ranges_usable = True
@@ -104,7 +119,13 @@ class HTTPTransport:
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
                 raise FetchError(f"could not fetch {self.source}: TLS certificate check failed: {exc.reason}",
                                  source=self.source) from None
+            if is_permanent_dns_failure(exc.reason):
+                raise FetchError(f"could not fetch {self.source}: its host name does not resolve ({exc.reason}); "
+                                 "check the URL", source=self.source) from None
             raise Transient(f"connection failed: {exc.reason}") from None
+        except ValueError as exc:  # http.client.InvalidURL and friends: retrying cannot help
+            raise FetchError(f"could not fetch {self.source}: the URL is not valid ({type(exc).__name__})",
+                             source=self.source) from None
         except (OSError, HTTPException) as exc:
             raise Transient(f"connection failed: {type(exc).__name__}: {exc}") from None
 
