@@ -1,8 +1,10 @@
 """The built-in ViT and ResNet plugins pass the same conformance kit that third-party plugins run.
 
-The samples come from ``tests/factories.py`` (an independent writer of the
-official layout), and the kit's own tiny OpenAI-layout generators are checked
-against it, so "not your checkpoint" in the kit really is the official layout.
+The samples come from the one writer of the official layout
+(``clipkit.testing.checkpoints``, through ``tests/factories.py``; the numerics
+tests check its output against open_clip), and the kit's tiny samples are that
+writer's output, claimed by the built-ins with the expected spec, so "not your
+checkpoint" in the kit really is the official layout.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def _shapes(state_dict):
 def test_kit_samples_are_exactly_the_official_layout(make, config):
     sample = make(seed=1)
     assert _shapes(sample) == _shapes(factories.make_state_dict(config))
+    assert {value.dtype for value in sample.values()} <= {torch.float32, torch.long}
     builtins = PluginRegistry(entry_points=False)
     assert detect_architecture(sample, registry=builtins) == config.spec()
 
