@@ -272,22 +272,35 @@ def last_served(name: str) -> Served | None:
         return _served.get(name)
 
 
-def cached_sources(entry: ModelSource, cache_dir: Path, *, mirror: str | None = None) -> list[tuple[Candidate, bool]]:
-    """Each source of ``entry`` and whether a copy of it is on disk now (no network, no hashing): for listings."""
-    from clipkit.fetching import hub
+def cached_sources(entry: ModelSource, cache_dir: Path, *, mirror: str | None = None) -> list[tuple[Candidate, Path | None]]:
+    """Each source of ``entry`` with its weights file on disk now, or ``None`` (no network, no hashing): for listings.
 
-    found = []
+    A URL source is looked for in ``cache_dir`` and the reference's
+    ``~/.cache/clip``; a Hub source in the Hugging Face cache. Loading still
+    verifies whatever it uses.
+    """
+    from clipkit.fetching import hub
+    from clipkit.layouts import choose_checkpoint
+
+    found: list[tuple[Candidate, Path | None]] = []
     for candidate in candidates(entry, mirror=mirror):
+        present: Path | None = None
         if is_hub_source(candidate.source):
-            present = hub.find_cached(candidate.source) is not None
+            snapshot = hub.find_cached(candidate.source)
+            if snapshot is not None and snapshot.is_dir():
+                choice = choose_checkpoint(p.name for p in snapshot.iterdir() if p.is_file())
+                present = snapshot / choice.weights if choice else None
+            else:
+                present = snapshot
         else:
-            present = False
             for where in (cache_dir, REFERENCE_CACHE.expanduser()):
                 try:
-                    present = present or fetching.cache_path(candidate.source, where,
-                                                             sha256=candidate.sha256).is_file()
+                    slot = fetching.cache_path(candidate.source, where, sha256=candidate.sha256)
                 except ConfigurationError:
-                    pass
+                    continue
+                if slot.is_file():
+                    present = slot
+                    break
         found.append((candidate, present))
     return found
 

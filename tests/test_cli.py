@@ -32,9 +32,9 @@ def test_models_lists_the_official_names_and_what_is_cached(tmp_path):
     fetching.cache_path(entry.url, tmp_path, sha256=entry.sha256).write_bytes(b"x" * 3 * 1024 * 1024)
     lines = run("models", "--download-root", str(tmp_path)).stdout.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:11]}
-    assert lines[0].split() == ["name", "cached"] and list(rows)[0] == "RN50" and len(rows) == 9
-    assert rows["ViT-B/32"] == ["3.0", "MiB"] and rows["ViT-L/14@336px"] == ["-"]
-    assert lines[-1] == f"cache: {tmp_path} (1 of 9 cached)"
+    assert lines[0].split()[:3] == ["name", "cached", "sources"] and list(rows)[0] == "RN50" and len(rows) == 9
+    assert rows["ViT-B/32"][:3] == ["3.0", "MiB", "original*,"] and rows["ViT-L/14@336px"][:2] == ["-", "original,"]
+    assert lines[-1].startswith(f"cache: {tmp_path} (1 of 9 cached")
     data = json.loads(run("models", "--download-root", str(tmp_path), "--json").stdout)
     assert [row["name"] for row in data if row["cached"]] == ["ViT-B/32"] and data[5]["size"] == 3 * 1024 * 1024
     assert "https://openaipublic.azureedge.net/clip/models/" in run("models", "--urls").stdout

@@ -183,3 +183,13 @@ def test_revisions_parse_as_huggingface_hub_spells_them() -> None:
     assert hub.parse_hub_source("hf-hub:org/repo@refs/pr/1") == hub.HubRef("org/repo", "refs/pr/1")
     assert hub.parse_hub_source("hf://org/repo@refs%2Fpr%2F1/sub/w.bin") == hub.HubRef("org/repo", "refs/pr/1",
                                                                                         "sub/w.bin")
+
+
+def test_what_was_downloaded_online_serves_offline(server: HubServer, weights, monkeypatch) -> None:
+    """One checkpoint's files out of the repo's (a partial snapshot to huggingface_hub) are enough offline."""
+    server.add_repo(REPO, weights)
+    online = hub.fetch_hub(f"hf-hub:{REPO}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = len(server.requests)
+    assert hub.fetch_hub(f"hf-hub:{REPO}") == online == hub.find_cached(f"hf-hub:{REPO}")
+    assert len(server.requests) == asked

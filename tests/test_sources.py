@@ -10,6 +10,7 @@ as open_clip publishes the same weights on the Hub.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -262,3 +263,25 @@ def test_jit_needs_the_archive_and_says_so_when_only_a_copy_is_left(point_releas
     with pytest.raises(SourcesExhaustedError, match="jit=True runs the original TorchScript archive"):
         clipkit.load(NAME, device="cpu", jit=True)
     assert hub.requests == []  # the archive-only rule is applied before any copy is asked for
+
+
+def test_the_command_shows_sources_and_which_served(point_release, cdn, hub, release, tmp_path, capsys) -> None:
+    from clipkit.cli import main
+
+    url = point_release(cdn.base_url + "/clip/models")
+    hub.add_repo(HUB_REPO, release.hub_files)
+    assert main(["fetch", NAME]) == 0
+    out, err = capsys.readouterr()
+    assert (Path(out.strip()) / "open_clip_model.safetensors").is_file()
+    assert f"weights from {HUB_SOURCE} (downloaded)" in err and f"{url} failed first" in err
+    assert main(["models", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == NAME)
+    assert row["cached_from"] == HUB_SOURCE and row["size"] == len(release.hub_files["open_clip_model.safetensors"])
+    assert [(s["source"], s["cached"]) for s in row["sources"]][:2] == [(url, False), (HUB_SOURCE, True)]
+    assert main(["models"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(NAME + " "))
+    assert f"original, {HUB_SOURCE}*" in line
+    assert main(["inspect", NAME]) == 0
+    out = capsys.readouterr().out
+    assert f"weights from: {HUB_SOURCE} (cached copy)" in out
+    assert "files read: open_clip_config.json, open_clip_model.safetensors: open_clip layout" in out

@@ -26,7 +26,19 @@ def run(args: argparse.Namespace) -> int:
                                  force_verify=args.verify, force_download=args.force))
             return 0
     print(resolve_source(source, download_root=args.download_root, sha256=sha256))
+    _report_source(args.source)
     return 0
+
+
+def _report_source(name: str) -> None:
+    """On stderr (stdout is the path), which source served a registered name's weights."""
+    import sys
+
+    from clipkit.model_sources import last_served
+
+    served = last_served(name)
+    if served is not None:
+        print(f"clipkit: {served.describe()}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

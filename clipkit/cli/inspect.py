@@ -16,12 +16,41 @@ def run(args: argparse.Namespace) -> int:
     spec = inspect(args.source, download_root=args.download_root, sha256=args.sha256)
     fields = spec.to_dict()
     fields = {"family": fields.pop("family"), **fields}
+    origin = _weights_origin(args.source)
     if args.json:
-        print(json.dumps({"class": type(spec).__name__, **fields}, indent=2))
+        print(json.dumps({"class": type(spec).__name__, **fields, **origin}, indent=2))
         return 0
     print(f"{args.source}: {type(spec).__name__}\n")
     print(format_table(["field", "value"], [[name, _value(value)] for name, value in fields.items()]))
+    if origin:
+        print("\n" + "\n".join(f"{key.replace('_', ' ')}: {value}" for key, value in origin.items()))
     return 0
+
+
+def _weights_origin(source: str) -> dict[str, str]:
+    """Which source served a registered name, and which files of a multi-format directory were read and why."""
+    from pathlib import Path
+
+    from clipkit.layouts import choose_checkpoint
+    from clipkit.model_sources import last_served
+
+    origin: dict[str, str] = {}
+    from clipkit.fetching.hub import find_cached, is_hub_source
+
+    served = last_served(source)
+    path = served.path if served is not None else Path(source).expanduser()
+    if served is None and is_hub_source(source):
+        path = find_cached(source) or path
+    if served is not None:
+        origin["weights_from"] = f"{served.source} ({'cached copy' if served.cached else 'downloaded'})"
+        failed = [f"{a.source}: {a.outcome}" for a in served.attempts if not a.outcome.startswith("not cached")]
+        if failed:
+            origin["tried_first"] = "; ".join(failed)
+    if path.is_dir():
+        choice = choose_checkpoint(p.name for p in path.iterdir() if p.is_file())
+        if choice is not None:
+            origin["files_read"] = f"{', '.join(choice.files)}: {choice.why}"
+    return origin
 
 
 def _value(value: object) -> str:

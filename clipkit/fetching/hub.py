@@ -345,12 +345,20 @@ def _listing(hub: Any, ref: HubRef, endpoint: str | None) -> tuple[str, dict[str
 
 
 def _cached_snapshot(hub: Any, ref: HubRef, cache: Path) -> Path:
-    """The snapshot folder the cache holds for ``ref``'s revision, with no network; ``OfflineError`` if none."""
+    """The snapshot folder the cache holds for ``ref``'s revision, with no network; ``OfflineError`` if none.
+
+    A snapshot holding only some of the repo's files (clipkit downloads one
+    checkpoint's) is what is wanted: ``huggingface_hub`` calls it incomplete and
+    says where it is; whether it holds a whole checkpoint is decided by the caller.
+    """
     try:
         return Path(hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache,
                                           local_files_only=True))
     except Exception as exc:
-        if type(exc).__name__ in ("LocalEntryNotFoundError", "IncompleteSnapshotError", "OfflineModeIsEnabled") \
+        partial = getattr(exc, "snapshot_path", None)
+        if partial and Path(partial).is_dir():
+            return Path(partial)
+        if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") \
                 or isinstance(exc, FileNotFoundError):
             raise OfflineError(
                 f"{ref} is not in the Hugging Face cache ({cache}), and offline mode is set (CLIPKIT_OFFLINE or "
@@ -376,8 +384,7 @@ def find_cached(source: str) -> Path | None:
         found = hub.try_to_load_from_cache(ref.repo_id, ref.filename, cache_dir=cache, revision=ref.revision)
         return Path(found) if isinstance(found, str) else None
     try:
-        snapshot = Path(hub.snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache,
-                                              local_files_only=True))
+        snapshot = _cached_snapshot(hub, ref, cache)
         choose_checkpoint_files([p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()])
     except Exception:  # not cached, incomplete, or no checkpoint in it
         return None
