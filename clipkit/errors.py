@@ -47,6 +47,20 @@ class UnknownModelError(ClipkitError, KeyError):
 # -- plugins ----------------------------------------------------------------------
 
 
+class NoFetcherError(ConfigurationError):
+    """No fetcher knows a source's protocol: neither clipkit's own transports nor any ``fetch_checkpoint`` plugin."""
+
+    @classmethod
+    def for_source(cls, source: str, scheme: str | None, asked: Sequence[str] = ()) -> NoFetcherError:
+        """The error for ``source`` (already redacted) of protocol ``scheme``; ``asked`` names the fetchers asked."""
+        fetchers = f" (fetchers asked: {', '.join(asked)})" if asked else ""
+        return cls(
+            f"no fetcher handles {source!r} (scheme {scheme!r}){fetchers}; use http(s)://, s3://, file://, a local "
+            f"path or a protocol fsspec knows, or install the fsspec implementation for {scheme}:// or a clipkit "
+            "plugin whose fetch_checkpoint handles it"
+        )
+
+
 class PluginError(ClipkitError):
     """A plugin failed to import, or raised inside a hook.
 

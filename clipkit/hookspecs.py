@@ -9,6 +9,7 @@ The pipeline calls them in this order::
 
     register_models()                      -> names for clipkit.load("ViT-B/32")
     fetch_checkpoint(source, cache_dir, sha256, storage_options)   -> local path
+    forget_checkpoint(source, path, sha256)  -> only when the fetched file is not a checkpoint
     detect_architecture(state_dict, path)  -> ArchSpec (exactly one claimant)
     adapt_state_dict(state_dict, spec, target)  -> only for image_resolution= / context_length=
     build_model(spec)                      -> nn.Module on the meta device
@@ -66,6 +67,21 @@ def fetch_checkpoint(
     touch the network: return a cached copy or raise ``clipkit.errors.OfflineError``.
     Return ``None`` for "not my scheme": the next plugin is asked. The first
     non-``None`` answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def forget_checkpoint(source: str, path: Path, sha256: str | None) -> bool | None:
+    """Drop ``path``, the file a ``fetch_checkpoint`` returned for ``source``, from the cache: it is not a checkpoint.
+
+    Called by ``clipkit.load`` and ``clipkit.inspect`` when the fetched file
+    cannot be read as a checkpoint (an error page served with status 200, say).
+    ``sha256`` is the caller's digest or ``None``. The fetcher that cached
+    ``path`` removes it, so the next load downloads afresh, and returns
+    ``True``; it keeps bytes a digest vouched for (the publisher's own: a new
+    download would not help) and returns ``None``. Return ``None`` for "not my
+    file". The built-in fetchers do this through ``clipkit.fetching.forget``.
+    The first non-``None`` answer wins.
     """
 
 

@@ -22,6 +22,7 @@ from clipkit.errors import (
     CheckpointNotFoundError,
     ConfigurationError,
     NoClaimantError,
+    NoFetcherError,
     PluginError,
     StateDictError,
     UnknownModelError,
@@ -162,11 +163,7 @@ def _fetch(
         storage_options=dict(storage_options or {}),
     )
     if result is None:
-        scheme = url.split("://", 1)[0]
-        raise ConfigurationError(
-            f"no fetcher handles {redact_url(url)!r} (scheme {scheme!r}); install the fsspec implementation for it "
-            f"or a clipkit plugin that fetches it (fetchers asked: {', '.join(registry.plugin_names('fetch_checkpoint'))})"
-        )
+        raise NoFetcherError.for_source(redact_url(url), url.split("://", 1)[0], registry.plugin_names("fetch_checkpoint"))
     return Path(result)
 
 
@@ -182,15 +179,9 @@ def detect_architecture(
     for) or ``AmbiguousArchitectureError`` (naming the claimants).
     """
     registry = registry or get_registry()
-    answers, failures = registry.call_all("detect_architecture", state_dict=state_dict, path=path)
-    for plugin_name, spec in answers:
-        if not isinstance(spec, ArchSpec):
-            raise PluginError(
-                f"plugin {plugin_name!r} answered detect_architecture with {type(spec).__name__}; "
-                "it must return a clipkit.ArchSpec subclass or None",
-                plugin=plugin_name,
-                hook="detect_architecture",
-            )
+    answers, failures = registry.call_all(
+        "detect_architecture", returns=(ArchSpec, "a clipkit.ArchSpec subclass"), state_dict=state_dict, path=path
+    )
     if len(answers) > 1:
         claims = "\n".join(
             f"  - {name} ({registry.plugin_doc(name) or 'no description'}): {spec!r}" for name, spec in answers
@@ -235,15 +226,12 @@ def build_model(
     """Build the module ``spec`` describes through ``build_model``, by default on the meta device (nothing allocated)."""
     registry = registry or get_registry()
     with torch.device(device):
-        model = registry.call_first("build_model", spec=spec)
+        model = registry.call_first("build_model", returns=(torch.nn.Module, "an nn.Module"), spec=spec)
     if model is None:
         raise ConfigurationError(
             f"no plugin builds family {spec.family!r} ({type(spec).__name__}); "
             f"install the plugin that detected it or check its build_model hook"
         )
-    if not isinstance(model, torch.nn.Module):
-        raise PluginError(f"build_model returned {type(model).__name__} for {spec.family!r}, not an nn.Module",
-                          hook="build_model")
     return model
 
 
@@ -379,8 +367,9 @@ def place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> t
     return cast_model(model, dtype, device=device)
 
 
-def _read_source(path: Path, source: str | os.PathLike[str], sha256: str | None) -> dict[str, torch.Tensor]:
-    """Read ``path``; if it is a download that no digest vouched for and it is not a checkpoint, drop it from the cache.
+def _read_source(path: Path, source: str | os.PathLike[str], sha256: str | None,
+                 registry: PluginRegistry) -> dict[str, torch.Tensor]:
+    """Read ``path``; if it is a download that is not a checkpoint, its fetcher may drop it (``forget_checkpoint``).
 
     Without a digest, an error page served with status 200 would otherwise stay
     cached and be served again on every load.
@@ -391,15 +380,11 @@ def _read_source(path: Path, source: str | os.PathLike[str], sha256: str | None)
         text = os.fspath(source)
         if isinstance(exc, CheckpointNotFoundError) or "://" not in text:
             raise
-        from clipkit import fetching
-
-        if sha256 is not None or fetching.resolve_digest(text).sha256 is not None:
-            raise  # the publisher's own bytes: downloading them again would not help
-        fetching.forget(path)
-        exc.args = (
-            f"{exc}\nThe download from {redact_url(text)} was removed from the cache (no digest vouched for it); "
-            "check the URL, then load again to download it afresh.",
-        )
+        if registry.call_first("forget_checkpoint", source=text, path=path, sha256=sha256):
+            exc.args = (
+                f"{exc}\nThe download from {redact_url(text)} was removed from the cache (no digest vouched for it); "
+                "check the URL, then load again to download it afresh.",
+            )
         raise
 
 
@@ -459,7 +444,7 @@ def load(
         model, resolution = jit_loader.load_jit(path, target, dtype=weights_dtype)
         model.clipkit_spec = ArchSpec(family="torchscript", image_resolution=resolution)  # for get_tokenizer
         return model, make_transform(model.clipkit_spec, registry=registry)
-    state_dict = _read_source(path, source, sha256)
+    state_dict = _read_source(path, source, sha256, registry)
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
     spec, state_dict = adapt.resize(state_dict, spec, image_resolution=image_resolution,
                                     context_length=context_length, tower=tower, registry=registry)
@@ -484,4 +469,5 @@ def inspect(
     """Detect the architecture of ``source`` without building the model; return its ``ArchSpec``."""
     path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options,
                           mirror=mirror)
-    return detect_architecture(_read_source(path, source, sha256), path)
+    registry = get_registry()
+    return detect_architecture(_read_source(path, source, sha256, registry), path, registry=registry)

@@ -37,6 +37,10 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 DISABLE_ENV = "CLIPKIT_DISABLE_PLUGINS"  # comma-separated entry-point names to leave unloaded
 
 
+#: What a hook must answer: ``(type or tuple of types, how to say it in an error)``.
+Returns = tuple[type | tuple[type, ...], str]
+
+
 class PluginWarning(UserWarning):
     """A third-party plugin failed to import or raised in a hook; clipkit carried on without it."""
 
@@ -73,10 +77,29 @@ class PluginRegistry:
     # -- registration ------------------------------------------------------------
 
     def register(self, plugin: ModuleType | object, *, name: str | None = None, origin: str = "runtime") -> str:
-        """Register ``plugin`` (a module or object with ``@hookimpl`` functions) and return its name."""
+        """Register ``plugin`` (a module or object with ``@hookimpl`` functions) and return its name.
+
+        Raises ``PluginError`` for a name already registered, and for a plugin
+        with a ``wrapper=True``/``hookwrapper=True`` implementation: clipkit
+        calls each implementation itself (to report a failing plugin by name), so
+        a wrapper would never run; it is refused rather than silently dropped.
+        """
         registered = self.pm.register(plugin, name=name)
         if registered is None:
             raise PluginError(f"plugin {name!r} is already registered", plugin=name)
+        wrappers = sorted(
+            impl.function.__name__
+            for caller in self.pm.get_hookcallers(plugin) or ()
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)
+        )
+        if wrappers:
+            self.pm.unregister(plugin)
+            raise PluginError(
+                f"plugin {registered!r} declares hook wrappers ({', '.join(wrappers)}); clipkit calls every hook "
+                "implementation itself and does not run wrappers: make them plain @clipkit.hookimpl functions",
+                plugin=registered,
+            )
         self._origins[registered] = origin
         self.cache.clear()
         return registered
@@ -133,10 +156,8 @@ class PluginRegistry:
 
     def _impls(self, hook_name: str) -> Iterator[pluggy.HookImpl]:
         caller = getattr(self.pm.hook, hook_name)
-        # pluggy keeps implementations in reverse call order (trylast first).
-        for impl in reversed(caller.get_hookimpls()):
-            if not (impl.hookwrapper or impl.wrapper):
-                yield impl
+        # pluggy keeps implementations in reverse call order (trylast first); register() refuses wrappers.
+        yield from reversed(caller.get_hookimpls())
 
     def _call_one(self, impl: pluggy.HookImpl, hook_name: str, kwargs: Mapping[str, Any]) -> tuple[bool, Any]:
         try:
@@ -155,33 +176,48 @@ class PluginRegistry:
             warnings.warn(f"{failure} (skipped; other plugins were asked)", PluginWarning, stacklevel=3)
             return False, failure
 
-    def call_first(self, hook_name: str, **kwargs: Any) -> Any:
-        """Ask plugins in order and return the first non-``None`` answer, or ``None`` if every plugin declined.
-
-        Third-party plugins that raise are skipped with a ``PluginWarning``; if no
-        plugin answered and one of them failed, its ``PluginError`` is raised.
-        """
-        failures: list[PluginError] = []
+    def _answers(
+        self, hook_name: str, kwargs: Mapping[str, Any], failures: list[PluginError], returns: Returns | None
+    ) -> Iterator[tuple[str, Any]]:
+        """Each plugin's non-``None`` answer in call order, type-checked against ``returns``; failures are appended."""
         for impl in self._impls(hook_name):
             ok, result = self._call_one(impl, hook_name, kwargs)
             if not ok:
                 failures.append(result)
             elif result is not None:
-                return result
+                if returns is not None and not isinstance(result, returns[0]):
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} answered {hook_name} with {type(result).__name__}; "
+                        f"it must return {returns[1]} or None",
+                        plugin=impl.plugin_name,
+                        hook=hook_name,
+                    )
+                yield impl.plugin_name, result
+
+    def call_first(self, hook_name: str, /, *, returns: Returns | None = None, **kwargs: Any) -> Any:
+        """Ask plugins in order and return the first non-``None`` answer, or ``None`` if every plugin declined.
+
+        ``returns`` is ``(type, "what it is")``: an answer of another type is a
+        ``PluginError`` naming the plugin. Third-party plugins that raise are
+        skipped with a ``PluginWarning``; if no plugin answered and one of them
+        failed, its ``PluginError`` is raised.
+        """
+        failures: list[PluginError] = []
+        for _, answer in self._answers(hook_name, kwargs, failures, returns):
+            return answer
         if failures:
             raise failures[0]
         return None
 
-    def call_all(self, hook_name: str, **kwargs: Any) -> tuple[list[tuple[str, Any]], list[PluginError]]:
-        """Ask every plugin; return ``([(plugin_name, answer), ...], failures)`` for the non-``None`` answers."""
-        answers: list[tuple[str, Any]] = []
+    def call_all(
+        self, hook_name: str, /, *, returns: Returns | None = None, **kwargs: Any
+    ) -> tuple[list[tuple[str, Any]], list[PluginError]]:
+        """Ask every plugin; return ``([(plugin_name, answer), ...], failures)`` for the non-``None`` answers.
+
+        ``returns`` checks each answer's type as in ``call_first``.
+        """
         failures: list[PluginError] = []
-        for impl in self._impls(hook_name):
-            ok, result = self._call_one(impl, hook_name, kwargs)
-            if not ok:
-                failures.append(result)
-            elif result is not None:
-                answers.append((impl.plugin_name, result))
+        answers = list(self._answers(hook_name, kwargs, failures, returns))
         return answers, failures
 
     def plugin_names(self, hook_name: str) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 import clipkit
 from clipkit.errors import (
     AmbiguousArchitectureError,
+    CheckpointError,
     CheckpointNotFoundError,
     ConfigurationError,
     NoClaimantError,
@@ -212,6 +213,46 @@ def test_plugins_can_take_a_subset_of_hook_arguments_and_see_the_path(registry, 
     ckpt = _save(tmp_path, vit_sd)
     clipkit.inspect(ckpt)
     assert seen["path"] == ckpt
+
+
+def test_a_hook_wrapper_is_refused_by_name_not_dropped(registry):
+    class Wrapping:
+        @clipkit.hookimpl(wrapper=True)
+        def build_model(self, spec):
+            return (yield)
+
+    with pytest.raises(PluginError, match=r"'wrapping' declares hook wrappers \(build_model\)") as info:
+        register_plugin(Wrapping(), name="wrapping")
+    assert info.value.plugin == "wrapping"
+    assert "wrapping" not in [name for name, _ in registry.pm.list_name_plugin()]
+
+
+def test_a_fetched_file_that_is_not_a_checkpoint_is_forgotten_by_its_fetcher(registry, tmp_path):
+    page = tmp_path / "page.pt"
+    page.write_bytes(b"<!DOCTYPE html><html>sign in</html>")
+    asked = []
+
+    class PageFetcher:
+        @clipkit.hookimpl
+        def fetch_checkpoint(self, source):
+            return page if source.startswith("pages://") else None
+
+        @clipkit.hookimpl
+        def forget_checkpoint(self, source, path, sha256):
+            asked.append((source, path, sha256))
+            if source.startswith("pages://keep"):
+                return None
+            path.unlink()
+            return True
+
+    register_plugin(PageFetcher(), name="pages")
+    with pytest.raises(CheckpointError, match="not a checkpoint") as info:
+        clipkit.load("pages://keep/model.pt", device="cpu")
+    assert "removed from the cache" not in str(info.value) and page.exists()
+    with pytest.raises(CheckpointError, match="removed from the cache"):
+        clipkit.inspect("pages://drop/model.pt")
+    assert asked == [("pages://keep/model.pt", page, None), ("pages://drop/model.pt", page, None)]
+    assert not page.exists()
 
 
 # -- weights ------------------------------------------------------------------------------------

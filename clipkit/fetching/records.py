@@ -93,7 +93,7 @@ def _forget(target: Path) -> None:
             raise cache_error(exc, target.parent, action=f"remove {path}") from None
 
 
-def forget(target: str | os.PathLike[str]) -> None:
+def forget(target: str | os.PathLike[str]) -> bool:
     """Remove the cached file ``target`` (a path ``fetch`` returned), its verified record and its leftover part files.
 
     For a download that turned out to be unusable (e.g. a URL without a digest
@@ -102,22 +102,25 @@ def forget(target: str | os.PathLike[str]) -> None:
     download of the same target in another process finishes first. A file
     clipkit has no record of (a user's own file served in place, a file adopted
     from a read-only cache) is left alone; a missing file is not an error. Raises
-    ``ConfigurationError`` when the cache directory does not let the file be removed.
+    ``ConfigurationError`` when the cache directory does not let the file be removed. Returns whether a file
+    clipkit had cached was removed.
     """
     target = Path(target)
     if not meta_dir(target).is_dir():
-        return  # nothing clipkit ever wrote is there
+        return False  # nothing clipkit ever wrote is there
     try:
         lock = filelock.FileLock(lock_path(target))
         lock.acquire()
     except OSError as exc:
         raise cache_error(exc, target.parent, action=f"lock {lock_path(target)}") from None
     try:
-        if record_path(target).exists():  # another process may have forgotten it while we waited
+        recorded = record_path(target).exists()  # another process may have forgotten it while we waited
+        if recorded:
             _forget(target)
         remove_stale_parts(target)
     finally:
         lock.release()
+    return recorded
 
 
 @attrs.frozen

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clipkit.errors import ConfigurationError
+from clipkit.errors import NoFetcherError
 from clipkit.fetching.settings import FetchSettings
 from clipkit.fetching.sources import HTTP_SCHEMES, is_fsspec_url, url_scheme
 from clipkit.fetching.transports.base import Body, Transient, Transport
@@ -17,12 +17,10 @@ __all__ = ["Body", "FsspecTransport", "HTTPTransport", "Transient", "Transport",
 
 def transport_for(location: str, source: str, storage_options: Mapping[str, Any],
                    settings: FetchSettings) -> Transport:
+    """The transport that reads ``location`` (``NoFetcherError`` for a protocol neither urllib nor fsspec knows)."""
     scheme = url_scheme(location)
     if scheme in HTTP_SCHEMES:
         return HTTPTransport(location, source, storage_options, settings)
     if is_fsspec_url(location):
         return FsspecTransport(location, source, storage_options, settings)
-    raise ConfigurationError(
-        f"clipkit cannot fetch {source!r}: no fetcher knows the {scheme}:// protocol; use http(s)://, s3://, "
-        f"file://, a local path, or a protocol fsspec knows (or a plugin implementing fetch_checkpoint)"
-    )
+    raise NoFetcherError.for_source(source, scheme)
