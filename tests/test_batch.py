@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,11 @@ def test_the_embed_and_classify_commands(photos, checkpoint, tmp_path):
                            str(tmp_path / "none"), "--model", str(checkpoint)], capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 2 and proc.stderr.startswith("clipkit: error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("module", "extra"), [("ray", "clipkit[ray]"), ("pyarrow", "clipkit[batch]")])
+def test_a_missing_optional_dependency_names_its_extra(photos, checkpoint, tmp_path, monkeypatch, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+    with pytest.raises(ConfigurationError, match=re.escape(f"pip install '{extra}'")):
+        batch.embed_images(photos, tmp_path / "out", model=checkpoint, engine="ray", **RUN)
+    assert not (tmp_path / "out").exists()

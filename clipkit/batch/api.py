@@ -75,6 +75,10 @@ def _check(options: RunOptions) -> None:
 def _run(inputs: Inputs, dest: str | os.PathLike[str], options: RunOptions, *, task: Mapping[str, Any]) -> BatchResult:
     _check(options)
     import_pyarrow()
+    if options.engine == "ray":
+        from clipkit.batch.ray_engine import import_ray
+
+        import_ray()  # before anything is written to dest
     manifest = {"clipkit_batch": MANIFEST_VERSION, "kind": inputs.kind, "count": len(inputs),
                 "inputs_sha256": inputs.digest(), "shard_size": options.shard_size, "model": str(options.model),
                 "dtype": options.dtype, **task}
