@@ -4,7 +4,7 @@
 """
 
 from clipkit import errors
-from clipkit.builtin.specs import CLIPSpec, ResNetSpec, ViTSpec
+from clipkit.builtin.clip_specs import CLIPSpec, ResNetSpec, ViTSpec
 from clipkit.hookspecs import hookimpl
 from clipkit.loader import available_models, inspect, load
 from clipkit.spec import ArchSpec, ModelSource

@@ -33,7 +33,7 @@ from clipkit.limits import MAX_JSON_BYTES, TensorBudget, inflate_cap
 from clipkit.pickle_scan import MAX_PICKLE_BYTES, scan_pickle
 from clipkit.torchfile import check_byteorder
 from clipkit.unpickling import Refused, SafeUnpickler, safe_unpickle
-from clipkit.zipstore import ZipStorages, open_zip, read_entry
+from clipkit.zipstore import ZIP_MAGIC, ZipStorages, open_zip, read_entry
 
 __all__ = [
     "METADATA_KEYS",
@@ -47,8 +47,6 @@ __all__ = [
 
 #: The entries the official archives add next to the weights: the model's resolution, context length and vocabulary.
 METADATA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
-
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 _CLASS_LINE = re.compile(r"^class\s+([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^)]*)\))?\s*:")
 _LIST_LINE = re.compile(r"^\s+(__parameters__|__buffers__)\s*=\s*(\[.*\])\s*$")
@@ -71,7 +69,7 @@ def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
             head = fh.read(4)
     except OSError:
         return False
-    if head not in _ZIP_MAGIC:
+    if head not in ZIP_MAGIC:
         return False
     with zipfile.ZipFile(path) as zf:
         return _torchscript_prefix(zf.namelist()) is not None

@@ -27,8 +27,8 @@ from clipkit.errors import CheckpointError, CheckpointNotFoundError
 from clipkit.inputs import check_regular_file
 from clipkit import torchfile
 from clipkit.limits import MAX_JSON_BYTES, inside, parse_json, read_json
+from clipkit.zipstore import LOCAL_HEADER
 
-_ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -143,7 +143,7 @@ def _read_file(path: Path) -> Any:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or save did not finish; fetch it again")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(_ZIP_MAGIC):
+    if head.startswith(LOCAL_HEADER):
         if is_torchscript_archive(path):
             from clipkit import archive
 

@@ -20,7 +20,12 @@ import torch
 from clipkit.errors import CheckpointError
 from clipkit.limits import TensorBudget, inflate_cap
 
-__all__ = ["ZipStorages", "open_zip", "read_entry"]
+__all__ = ["LOCAL_HEADER", "ZIP_MAGIC", "ZipStorages", "open_zip", "read_entry"]
+
+#: The signature of a zip entry's local header: how every torch zip file (``torch.save``, TorchScript) starts.
+LOCAL_HEADER = b"PK\x03\x04"
+#: How any zip file starts: a first entry's local header, or the end-of-directory record of an empty zip.
+ZIP_MAGIC: tuple[bytes, ...] = (LOCAL_HEADER, b"PK\x05\x06")
 
 _CHUNK = 1 << 20
 
@@ -102,7 +107,7 @@ class ZipStorages:
         with open(self.path, "rb") as fh:
             fh.seek(info.header_offset)
             header = fh.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        if len(header) != 30 or header[:4] != LOCAL_HEADER:
             raise CheckpointError(f"{self.path}: the zip entry {info.filename} is damaged; fetch the file again")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         return info.header_offset + 30 + name_len + extra_len

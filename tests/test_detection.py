@@ -12,7 +12,7 @@ import torch
 
 from clipkit.builtin import resnet, vit
 from clipkit.shapes import default_heads
-from clipkit.builtin.specs import ResNetSpec, ViTSpec
+from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 from clipkit.errors import StateDictError
 from clipkit.plugins import PluginRegistry
 from clipkit.spec import ArchSpec

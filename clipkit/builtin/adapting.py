@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from clipkit.builtin.specs import CLIPSpec, ResNetSpec, ViTSpec
+from clipkit.builtin.clip_specs import CLIPSpec, ResNetSpec, ViTSpec
 from clipkit.errors import ResizeError
 from clipkit.hookspecs import hookimpl
 from clipkit.nn import CLIP, resize_grid_embedding, resize_text_embedding, split_tower

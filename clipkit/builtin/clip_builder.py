@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clipkit.builtin.specs import CLIPSpec
+from clipkit.builtin.clip_specs import CLIPSpec
 from clipkit.nn import CLIP
 
 

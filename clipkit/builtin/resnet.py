@@ -17,7 +17,7 @@ import torch
 from clipkit import shapes
 from clipkit.builtin.clip_builder import build_clip
 from clipkit.builtin.clip_shapes import TEXT_SIGNATURE, text_tower
-from clipkit.builtin.specs import ResNetSpec
+from clipkit.builtin.clip_specs import ResNetSpec
 from clipkit.errors import StateDictError
 from clipkit.hookspecs import hookimpl
 from clipkit.nn import CLIP, ModifiedResNet

@@ -16,7 +16,7 @@ import torch
 from clipkit import shapes
 from clipkit.builtin.clip_builder import build_clip
 from clipkit.builtin.clip_shapes import TEXT_SIGNATURE, check_transformer, text_tower
-from clipkit.builtin.specs import ViTSpec
+from clipkit.builtin.clip_specs import ViTSpec
 from clipkit.errors import StateDictError
 from clipkit.hookspecs import hookimpl
 from clipkit.nn import CLIP, VisionTransformer

@@ -52,12 +52,12 @@ model inputs.
 
 The kit's parts: ``conformance`` (the base class and its fixtures),
 ``detection_checks`` and ``model_checks`` (the inherited tests), ``harness``
-(the plugin on its own pluggy manager), ``checkpoints`` and ``inputs``.
+(the plugin on its own pluggy manager), ``checkpoints`` and ``samples``.
 """
 
 from clipkit.testing.checkpoints import CLIPConfig, make_state_dict, openai_resnet_state_dict, openai_vit_state_dict
 from clipkit.testing.conformance import PluginConformance
-from clipkit.testing.inputs import sample_images, sample_tokens
+from clipkit.testing.samples import sample_images, sample_tokens
 
 __all__ = [
     "CLIPConfig",

@@ -84,7 +84,7 @@ class CLIPConfig:
 
     def spec(self, *, quick_gelu: bool = True) -> Any:
         """The ``clipkit`` spec a detector should infer for this architecture (imports clipkit's spec classes)."""
-        from clipkit.builtin.specs import ResNetSpec, ViTSpec
+        from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 
         common = dict(
             image_resolution=self.image_resolution,

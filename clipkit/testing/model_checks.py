@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from clipkit.builtin.specs import ResNetSpec, ViTSpec
+from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 from clipkit.spec import ArchSpec
 from clipkit.testing.harness import OwnHooks, build_for_loading, describe, owned_families
-from clipkit.testing.inputs import sample_images, sample_tokens
+from clipkit.testing.samples import sample_images, sample_tokens
 
 
 class ModelChecks:
