@@ -25,8 +25,8 @@ class DetectionChecks:
         try:
             conformance_hooks.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            pytest.fail(f"{exc} (clipkit's hooks: register_models, fetch_checkpoint, detect_architecture, "
-                        "build_model, make_transform)")
+            hooks = ", ".join(sorted(name for name in dir(conformance_hooks.pm.hook) if not name.startswith("_")))
+            pytest.fail(f"{exc} (clipkit's hooks: {hooks})")
         for hook in ("detect_architecture", "build_model"):
             assert conformance_hooks.implements(hook), (
                 f"plugin {describe(self.plugin)} does not implement {hook}; an architecture plugin needs "
