@@ -22,6 +22,19 @@ class ConfigurationError(ClipkitError, ValueError):
     """An argument or setting is invalid (a malformed digest, an unknown device, a bad override)."""
 
 
+class UnsupportedConfigError(ConfigurationError):
+    """A config shipped with the weights asks for something no installed plugin can build.
+
+    ``field`` names the config entry (e.g. ``"model_cfg.vision_cfg.timm_model_name"``)
+    and ``path`` the config file. Raised instead of a partial or approximate load.
+    """
+
+    def __init__(self, message: str, *, field: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.path = path
+
+
 class ContextLengthError(ConfigurationError, RuntimeError):
     """A text is longer than the model's context. Also a ``RuntimeError``, as the reference ``clip.tokenize`` raises."""
 
@@ -203,8 +216,26 @@ class ChecksumError(ClipkitError):
         self.actual = actual
 
 
+# -- warnings -------------------------------------------------------------------------
+
+
+class AssumptionWarning(UserWarning):
+    """``clipkit.load`` used a convention default for a field that changes the numbers.
+
+    Issued once per load, when neither the caller, a config file beside the
+    weights nor the official release table settled the field. The message names
+    each field, the value used and the keyword that overrides it; ``fields``
+    holds the field names.
+    """
+
+    def __init__(self, message: str, *, fields: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+
 __all__ = [
     "AccessDeniedError",
+    "AssumptionWarning",
     "AmbiguousArchitectureError",
     "ArchitectureError",
     "CheckpointError",
@@ -226,4 +257,5 @@ __all__ = [
     "TowerError",
     "UnknownModelError",
     "UnsafeCheckpointError",
+    "UnsupportedConfigError",
 ]

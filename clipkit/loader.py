@@ -12,10 +12,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
-from clipkit import adapt, checkpoint
+from clipkit import adapt, checkpoint, provenance
 from clipkit.errors import (
     AmbiguousArchitectureError,
     CheckpointError,
@@ -207,17 +206,12 @@ def detect_architecture(
 
 
 def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
-    """Return ``spec`` with fields replaced by ``overrides`` (e.g. ``quick_gelu=False``), validated by the spec class."""
-    if not overrides:
-        return spec
-    fields = attrs.fields_dict(type(spec))
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option(s) {', '.join(unknown)} for a {type(spec).__name__}; "
-            f"the spec's fields are: {', '.join(fields)}"
-        )
-    return attrs.evolve(spec, **overrides)
+    """Return ``spec`` with fields replaced by the caller's ``overrides`` (e.g. ``quick_gelu=False``), recorded as ``CALLER``.
+
+    An unknown field, or a value that contradicts one read off the shapes, raises
+    ``ConfigurationError`` (see ``clipkit.provenance.apply_overrides``).
+    """
+    return provenance.apply_overrides(spec, overrides)
 
 
 def build_model(
@@ -448,6 +442,7 @@ def load(
     spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
     spec, state_dict = adapt.resize(state_dict, spec, image_resolution=image_resolution,
                                     context_length=context_length, tower=tower, registry=registry)
+    provenance.warn_assumptions(spec, os.fspath(source))
     model = build_for_loading(spec, registry=registry)
     if tower is not None:
         model, state_dict = adapt.one_tower(model, spec, tower, state_dict, registry=registry)

@@ -1,14 +1,27 @@
-"""Plain data that crosses module boundaries: ``ArchSpec`` and ``ModelSource``.
+"""Plain data that crosses module boundaries: ``ArchSpec``, ``Provenance`` and ``ModelSource``.
 
 An ``ArchSpec`` is everything a plugin needs to build a model and its transform,
 inferred from a checkpoint without building anything. Plugins subclass it with
 their own fields; every spec is an attrs frozen class, so it is hashable,
 comparable, and its ``repr`` is valid Python that rebuilds it.
+
+Provenance (no silent guesses): each spec carries ``spec.provenance``, a
+read-only mapping from field name to a ``Provenance`` saying where the value
+came from: ``SHAPES`` (read off a tensor's shape), ``CONFIG`` (a config file
+beside the weights), ``RELEASE`` (the official release table), ``CONVENTION``
+(a default the plugin assumed) or ``CALLER`` (a ``clipkit.load`` keyword).
+Precedence: caller > config > release > convention; a value read off the
+shapes cannot be contradicted. A detecting plugin records a ``Provenance`` for
+every field it sets (``spec.with_values(...)`` or the ``provenance=`` argument);
+``clipkit.load`` warns once (``clipkit.errors.AssumptionWarning``) about every
+field still marked ``CONVENTION``, unless the file is a known official release.
+Provenance is metadata: it is not part of equality, hashing or ``repr``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -43,6 +56,94 @@ def _resolution(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
+SHAPES = "shapes"
+CONFIG = "config"
+RELEASE = "release"
+CONVENTION = "convention"
+CALLER = "caller"
+UNRECORDED = "unrecorded"
+
+#: every provenance source, strongest first (``SHAPES`` is a fact: nothing may contradict it)
+SOURCES: tuple[str, ...] = (SHAPES, CALLER, CONFIG, RELEASE, CONVENTION, UNRECORDED)
+
+
+@attrs.frozen
+class Provenance:
+    """Where one spec field's value came from: a ``source`` (one of ``SOURCES``) and a human-readable ``detail``.
+
+    ``detail`` says what exactly: the tensor read (``"visual.conv1.weight"``),
+    the file and key (``"/m/open_clip_config.json: model_cfg.quick_gelu"``), the
+    release (``"ViT-B/32"``) or the convention (``"OpenAI's 64-wide heads"``).
+    Build them with the class methods: ``Provenance.shapes(key)``,
+    ``.config(file, key)``, ``.release(name)``, ``.convention(why)``, ``.caller()``.
+    """
+
+    source: str = attrs.field(validator=attrs.validators.in_(SOURCES))
+    detail: str = ""
+
+    @classmethod
+    def shapes(cls, key: str) -> Provenance:
+        """Read off the shape (or presence) of tensor ``key``."""
+        return cls(SHAPES, key)
+
+    @classmethod
+    def config(cls, file: Any, key: str) -> Provenance:
+        """Read from config ``file`` (a path or name) at ``key`` (e.g. ``model_cfg.vision_cfg.head_width``)."""
+        return cls(CONFIG, f"{file}: {key}")
+
+    @classmethod
+    def release(cls, name: str) -> Provenance:
+        """Taken from the official release table entry ``name``."""
+        return cls(RELEASE, name)
+
+    @classmethod
+    def convention(cls, why: str) -> Provenance:
+        """Assumed: ``why`` names the convention (``clipkit.load`` warns about these)."""
+        return cls(CONVENTION, why)
+
+    @classmethod
+    def caller(cls) -> Provenance:
+        """Given as a ``clipkit.load`` keyword."""
+        return cls(CALLER, "clipkit.load keyword")
+
+    def __str__(self) -> str:
+        return f"{self.source} ({self.detail})" if self.detail else self.source
+
+
+class ProvenanceMap(Mapping[str, Provenance]):
+    """A read-only ``{field name: Provenance}`` mapping (picklable, unlike ``MappingProxyType``)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Provenance] | None = None) -> None:
+        object.__setattr__(self, "_items", dict(items or {}))
+
+    def __getitem__(self, key: str) -> Provenance:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"ProvenanceMap({self._items!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProvenanceMap, (self._items,))
+
+
+def _to_provenance_map(value: Mapping[str, Provenance] | None) -> ProvenanceMap:
+    if isinstance(value, ProvenanceMap):
+        return value
+    items = dict(value or {})
+    for name, entry in items.items():
+        if not isinstance(entry, Provenance):
+            raise ConfigurationError(f"provenance of {name!r} must be a clipkit.spec.Provenance, got {entry!r}")
+    return ProvenanceMap(items)
+
+
 @attrs.frozen(kw_only=True)
 class ArchSpec:
     """The architecture of one checkpoint: which family builds it and at what input size.
@@ -56,10 +157,33 @@ class ArchSpec:
 
     family: str
     image_resolution: int | tuple[int, int] = attrs.field(converter=_square_or_pair, validator=_resolution)
+    #: where each field's value came from (see the module docstring); not part of equality or repr
+    provenance: ProvenanceMap = attrs.field(
+        factory=ProvenanceMap, converter=_to_provenance_map, eq=False, repr=False, kw_only=True
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the spec's fields as a plain dict (tuples stay tuples), for printing and JSON."""
-        return {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
+        """Return the spec's fields as a plain dict (tuples stay tuples), for printing and JSON; provenance excluded."""
+        return {field.name: getattr(self, field.name) for field in attrs.fields(type(self)) if field.name != "provenance"}
+
+    def provenance_of(self, name: str) -> Provenance:
+        """Where field ``name``'s value came from (``UNRECORDED`` when the plugin did not say)."""
+        return self.provenance.get(name, Provenance(UNRECORDED))
+
+    def with_values(self, values: Mapping[str, Any], provenance: Provenance | Mapping[str, Provenance]) -> ArchSpec:
+        """A copy with ``values`` set (validated by the class) and their provenance recorded.
+
+        ``provenance`` is one ``Provenance`` for every value, or one per field name.
+        Checking precedence and shapes is the caller's job (see ``clipkit.provenance``).
+        """
+        if isinstance(provenance, Provenance):
+            provenance = {name: provenance for name in values}
+        merged = {**self.provenance, **{name: provenance[name] for name in values}}
+        return attrs.evolve(self, **values, provenance=merged)
+
+    def guessed_fields(self) -> list[str]:
+        """The fields whose value is a convention default (``CONVENTION``), in field order."""
+        return [name for name in self.to_dict() if self.provenance_of(name).source == CONVENTION]
 
 
 def check_sha256(digest: str | None, *, what: str = "sha256") -> str | None:
@@ -106,9 +230,15 @@ class ModelSource:
     nothing here says how to build the model; the checkpoint's own shapes do.
     ``alternates`` are other copies of the same weights, tried in order after
     ``url`` fails with an error that will not heal (see ``clipkit.model_sources``).
+    ``architecture`` is the release table entry: the spec's ``family`` and field
+    values as published (``{"family": "vit", "vision_heads": 12, ...}``). When a
+    file is known to be this release (loaded by this name, or its SHA-256 is
+    ``sha256``), it settles the fields the shapes cannot show (provenance
+    ``RELEASE``) instead of a convention default.
     """
 
     url: str
     sha256: str | None = attrs.field(default=None, converter=check_sha256)
     description: str = ""
     alternates: tuple[AlternateSource, ...] = attrs.field(default=(), converter=_alternates)
+    architecture: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, eq=False, hash=False)
