@@ -9,6 +9,7 @@ filled with ``load_state_dict(state_dict, strict=True, assign=True)``.
 from clipkit.nn.clip import CLIP
 from clipkit.nn.layers import (
     LayerNorm,
+    LayerScale,
     MultiheadSelfAttention,
     QuickGELU,
     ResidualAttentionBlock,
@@ -18,14 +19,16 @@ from clipkit.nn.layers import (
 from clipkit.nn.resize import resize_grid_embedding, resize_text_embedding
 from clipkit.nn.resnet import AttentionPool2d, BatchNorm2d, Bottleneck, ModifiedResNet
 from clipkit.nn.towers import TOWERS, ImageTower, TextTower, split_tower
-from clipkit.nn.vit import VisionTransformer
+from clipkit.nn.vit import AttentionalPooler, VisionTransformer
 
 __all__ = [
     "CLIP",
     "AttentionPool2d",
+    "AttentionalPooler",
     "BatchNorm2d",
     "Bottleneck",
     "LayerNorm",
+    "LayerScale",
     "ModifiedResNet",
     "MultiheadSelfAttention",
     "QuickGELU",

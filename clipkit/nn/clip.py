@@ -10,7 +10,13 @@ from torch import nn
 from clipkit.errors import ConfigurationError
 from clipkit.nn.layers import LayerNorm, Transformer
 
-__all__ = ["CLIP", "drop_metadata", "encode_tokens"]
+__all__ = ["CLIP", "TEXT_POOLS", "TEXT_PROJECTIONS", "drop_metadata", "encode_tokens"]
+
+#: how a text is read off the tower's tokens: at the highest id (OpenAI's end-of-text), the last
+#: position, the first ``eos_id``, or the first position
+TEXT_POOLS: tuple[str, ...] = ("argmax", "last", "eos", "first")
+#: ``text_projection`` as a ``[width, embed_dim]`` matrix, an ``nn.Linear`` with bias, or none at all
+TEXT_PROJECTIONS: tuple[str, ...] = ("matrix", "linear", "none")
 
 # This model's scalar attributes, which some checkpoints (the official TorchScript archives) also store
 # as entries beside the weights. They restate what the tensor shapes already say, so loading drops them.
@@ -30,10 +36,18 @@ class CLIP(nn.Module):
     ``logit_scale``). Nothing outside the state dict is allocated at
     construction, so the model can be built under ``torch.device("meta")`` and
     filled with ``load_state_dict(sd, strict=True, assign=True)``.
+
+    open_clip's text-tower variants: ``causal=False`` (bidirectional
+    attention), ``text_pool`` (one of ``TEXT_POOLS``; ``"eos"`` reads at the
+    first ``eos_id``), ``text_proj`` (one of ``TEXT_PROJECTIONS``; with
+    ``"linear"`` the keys are ``text_projection.weight``/``.bias``),
+    ``logit_bias`` (a learned ``logit_bias`` added to the logits), and
+    ``text_block`` keywords for every text block (``mlp_width``,
+    ``layer_scale``, ``norm_eps`` (also ``ln_final``'s), ``gelu_approximate``).
     """
 
     #: kept float32 by ``clipkit.nn.cast_model`` (the reference never halves it)
-    fp32_parameters: tuple[str, ...] = ("logit_scale",)
+    fp32_parameters: tuple[str, ...] = ("logit_scale", "logit_bias")
 
     def __init__(
         self,
@@ -46,19 +60,41 @@ class CLIP(nn.Module):
         text_layers: int,
         text_heads: int,
         quick_gelu: bool = True,
+        causal: bool = True,
+        text_pool: str = "argmax",
+        eos_id: int | None = None,
+        text_proj: str = "matrix",
+        logit_bias: bool = False,
+        **text_block: Any,
     ) -> None:
         super().__init__()
+        if text_pool not in TEXT_POOLS or text_proj not in TEXT_PROJECTIONS:
+            raise ConfigurationError(
+                f"text_pool must be one of {TEXT_POOLS} and text_proj one of {TEXT_PROJECTIONS}, "
+                f"got {text_pool!r} and {text_proj!r}"
+            )
+        if text_pool == "eos" and eos_id is None:
+            raise ConfigurationError("text_pool='eos' needs the end-of-text token id (eos_id)")
         self.embed_dim = embed_dim
+        self.text_pool = text_pool
+        self.eos_id = eos_id
         self.visual = visual
-        self.transformer = Transformer(text_width, text_layers, text_heads, quick_gelu=quick_gelu, causal=True)
+        self.transformer = Transformer(
+            text_width, text_layers, text_heads, quick_gelu=quick_gelu, causal=causal, **text_block
+        )
         self.token_embedding = nn.Embedding(vocab_size, text_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, text_width))
-        self.ln_final = LayerNorm(text_width)
-        self.text_projection = nn.Parameter(torch.empty(text_width, embed_dim))
+        self.ln_final = LayerNorm(text_width, eps=text_block.get("norm_eps", 1e-5))
+        self.text_projection: nn.Module | nn.Parameter | None = None
+        if text_proj == "matrix":
+            self.text_projection = nn.Parameter(torch.empty(text_width, embed_dim))
+            nn.init.normal_(self.text_projection, std=text_width**-0.5)
+        elif text_proj == "linear":
+            self.text_projection = nn.Linear(text_width, embed_dim)
         self.logit_scale = nn.Parameter(torch.empty(()))
+        self.logit_bias = nn.Parameter(torch.zeros(())) if logit_bias else None
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        nn.init.normal_(self.text_projection, std=text_width**-0.5)
         nn.init.constant_(self.logit_scale, 2.659260036932778)  # log(1 / 0.07)
 
     # -- facts read off the weights ---------------------------------------------------
@@ -77,7 +113,7 @@ class CLIP(nn.Module):
     def dtype(self) -> torch.dtype:
         """The compute dtype: the image tower's weight dtype (float16 after ``cast_model(model, torch.float16)``)."""
         visual_dtype = getattr(self.visual, "dtype", None)
-        return visual_dtype if isinstance(visual_dtype, torch.dtype) else self.text_projection.dtype
+        return visual_dtype if isinstance(visual_dtype, torch.dtype) else self.transformer.resblocks[0].mlp.c_fc.weight.dtype
 
     # -- encoders ------------------------------------------------------------------------
 
@@ -89,8 +125,9 @@ class CLIP(nn.Module):
         """Embed a batch of token ids ``[batch, tokens]`` into ``[batch, embed_dim]`` (not normalised).
 
         Each sequence is read at its end-of-text token, the highest id in the
-        row (``text.argmax(dim=-1)``), as the reference does. ``tokens`` may be
-        shorter than ``context_length`` but not longer.
+        row (``text.argmax(dim=-1)``), as the reference does, unless the model
+        was built with another ``text_pool``. ``tokens`` may be shorter than
+        ``context_length`` but not longer.
         """
         return encode_tokens(self, text, self.dtype)
 
@@ -102,6 +139,8 @@ class CLIP(nn.Module):
         text_features = text_features / text_features.norm(dim=1, keepdim=True)
         logit_scale = self.logit_scale.exp()
         logits_per_image = logit_scale * image_features @ text_features.t()
+        if self.logit_bias is not None:
+            logits_per_image = logits_per_image + self.logit_bias
         return logits_per_image, logits_per_image.t()
 
     # -- loading ---------------------------------------------------------------------------
@@ -123,12 +162,13 @@ class CLIP(nn.Module):
 
 
 def drop_metadata(state_dict: dict[str, Any], prefix: str) -> None:
-    """Drop the archives' metadata entries (they restate the shapes) and make a one-element ``logit_scale`` 0-dim."""
+    """Drop the archives' metadata entries (they restate the shapes); a one-element ``logit_scale``/``logit_bias`` becomes 0-dim."""
     for key in _SCALAR_ATTRIBUTE_KEYS:
         state_dict.pop(prefix + key, None)
-    scale = state_dict.get(prefix + "logit_scale")
-    if isinstance(scale, torch.Tensor) and scale.shape == (1,):
-        state_dict[prefix + "logit_scale"] = scale.reshape(())
+    for name in ("logit_scale", "logit_bias"):
+        scalar = state_dict.get(prefix + name)
+        if isinstance(scalar, torch.Tensor) and scalar.shape == (1,):
+            state_dict[prefix + name] = scalar.reshape(())
 
 
 def encode_tokens(text_tower: nn.Module, text: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -136,7 +176,9 @@ def encode_tokens(text_tower: nn.Module, text: torch.Tensor, dtype: torch.dtype)
 
     ``text_tower`` has ``token_embedding``, ``positional_embedding``,
     ``transformer``, ``ln_final`` and ``text_projection`` (a ``CLIP``, or the
-    text tower alone); each row is read at its highest token id.
+    text tower alone); each row is read where its ``text_pool`` says (default:
+    at its highest token id), then projected as ``text_projection`` is: a
+    matrix, an ``nn.Linear`` or ``None`` (no projection).
     """
     tokens = text.shape[-1]
     context_length = text_tower.positional_embedding.shape[0]
@@ -149,5 +191,19 @@ def encode_tokens(text_tower: nn.Module, text: torch.Tensor, dtype: torch.dtype)
     x = x + text_tower.positional_embedding[:tokens].to(dtype)
     x = text_tower.transformer(x)
     x = text_tower.ln_final(x).to(dtype)
-    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
-    return x @ text_tower.text_projection.to(dtype)
+    x = x[torch.arange(x.shape[0], device=x.device), pool_index(text, getattr(text_tower, "text_pool", "argmax"),
+                                                                getattr(text_tower, "eos_id", None))]
+    projection = text_tower.text_projection
+    if isinstance(projection, nn.Linear):
+        return projection(x)
+    return x if projection is None else x @ projection.to(dtype)
+
+
+def pool_index(text: torch.Tensor, text_pool: str, eos_id: int | None) -> torch.Tensor:
+    """The position each row of ``text`` is read at, by ``text_pool`` (one of ``TEXT_POOLS``)."""
+    if text_pool == "argmax":
+        return text.argmax(dim=-1)
+    if text_pool == "eos":
+        return (text == eos_id).int().argmax(dim=-1)
+    position = 0 if text_pool == "first" else text.shape[-1] - 1
+    return torch.full(text.shape[:1], position, dtype=torch.long, device=text.device)

@@ -10,6 +10,7 @@ stored, so no module holds a tensor that is not in its state dict.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from clipkit.errors import ConfigurationError
 
 __all__ = [
     "LayerNorm",
+    "LayerScale",
     "QuickGELU",
     "MultiheadSelfAttention",
     "ResidualAttentionBlock",
@@ -66,9 +68,29 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def activation(quick_gelu: bool) -> nn.Module:
-    """Return a fresh ``QuickGELU`` when ``quick_gelu`` is true, else ``nn.GELU`` (exact erf form)."""
-    return QuickGELU() if quick_gelu else nn.GELU()
+def activation(quick_gelu: bool, approximate: str = "none") -> nn.Module:
+    """Return a fresh ``QuickGELU`` when ``quick_gelu`` is true, else ``nn.GELU(approximate=...)``.
+
+    ``approximate`` is ``"none"`` (the exact erf form) or ``"tanh"``; QuickGELU has no variants.
+    """
+    if quick_gelu:
+        if approximate != "none":
+            raise ConfigurationError(f"QuickGELU has no {approximate!r} approximation; use GELU (quick_gelu=False)")
+        return QuickGELU()
+    if approximate not in ("none", "tanh"):
+        raise ConfigurationError(f"GELU approximation must be 'none' or 'tanh', got {approximate!r}")
+    return nn.GELU(approximate=approximate)
+
+
+class LayerScale(nn.Module):
+    """Multiply by a learned per-channel ``gamma`` (``[width]``): the residual branch scale of CaiT-style blocks."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.to(x.dtype)
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -100,43 +122,73 @@ class MultiheadSelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """A pre-norm transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))`` with a 4x MLP."""
+    """A pre-norm transformer block: ``x + ls_1(attn(ln_1(x)))`` then ``x + ls_2(mlp(ln_2(x)))``.
 
-    def __init__(self, width: int, heads: int, *, quick_gelu: bool = True) -> None:
+    ``mlp_width`` is the MLP's hidden width (default ``4 * width``); with
+    ``layer_scale`` each branch is scaled by a learned ``gamma`` (keys
+    ``ls_1.gamma``, ``ls_2.gamma``), otherwise ``ls_1``/``ls_2`` are identities.
+    ``norm_eps`` is both LayerNorms' epsilon; ``quick_gelu`` and
+    ``gelu_approximate`` choose the MLP's activation (see ``activation``).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        quick_gelu: bool = True,
+        mlp_width: int | None = None,
+        layer_scale: bool = False,
+        norm_eps: float = 1e-5,
+        gelu_approximate: str = "none",
+    ) -> None:
         super().__init__()
+        hidden = mlp_width or 4 * width
         self.attn = MultiheadSelfAttention(width, heads)
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=norm_eps)
+        self.ls_1 = LayerScale(width) if layer_scale else nn.Identity()
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", activation(quick_gelu)),
-                    ("c_proj", nn.Linear(width * 4, width)),
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", activation(quick_gelu, gelu_approximate)),
+                    ("c_proj", nn.Linear(hidden, width)),
                 ]
             )
         )
-        self.ln_2 = LayerNorm(width)
+        self.ln_2 = LayerNorm(width, eps=norm_eps)
+        self.ls_2 = LayerScale(width) if layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.ls_1(self.attn(self.ln_1(x), causal=causal))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 
 class Transformer(nn.Module):
     """A stack of ``layers`` residual attention blocks (``resblocks.N``), causal when ``causal`` is true.
 
     The text tower is causal (each token sees itself and the tokens before it);
-    the vision transformer is not.
+    the vision transformer is not. Keyword arguments after ``causal`` go to every
+    ``ResidualAttentionBlock`` (MLP width, layer scale, norm epsilon, GELU form).
     """
 
-    def __init__(self, width: int, layers: int, heads: int, *, quick_gelu: bool = True, causal: bool = False) -> None:
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        *,
+        quick_gelu: bool = True,
+        causal: bool = False,
+        **block: Any,
+    ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.heads = heads
         self.causal = causal
         self.resblocks = nn.Sequential(
-            *[ResidualAttentionBlock(width, heads, quick_gelu=quick_gelu) for _ in range(layers)]
+            *[ResidualAttentionBlock(width, heads, quick_gelu=quick_gelu, **block) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

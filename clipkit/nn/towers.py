@@ -27,12 +27,14 @@ TOWERS: tuple[str, ...] = ("image", "text")
 class _Tower(nn.Module):
     """What both towers share: ``logit_scale`` kept float32, and the archives' metadata dropped on load."""
 
-    fp32_parameters: tuple[str, ...] = ("logit_scale",)
+    fp32_parameters: tuple[str, ...] = ("logit_scale", "logit_bias")
 
     def __init__(self, model: CLIP) -> None:
         super().__init__()
         self.embed_dim = model.embed_dim
         self.logit_scale = model.logit_scale
+        if getattr(model, "logit_bias", None) is not None:
+            self.logit_bias = model.logit_bias
 
     def _load_from_state_dict(
         self,
@@ -89,6 +91,8 @@ class TextTower(_Tower):
         self.positional_embedding = model.positional_embedding
         self.ln_final = model.ln_final
         self.text_projection = model.text_projection
+        self.text_pool = model.text_pool
+        self.eos_id = model.eos_id
 
     @property
     def context_length(self) -> int:
@@ -102,8 +106,8 @@ class TextTower(_Tower):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype: ``text_projection``'s (the full model's: every matrix is cast alike)."""
-        return self.text_projection.dtype
+        """The compute dtype: the text transformer's weights' (the full model's: every matrix is cast alike)."""
+        return self.transformer.resblocks[0].mlp.c_fc.weight.dtype
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Embed a batch of token ids ``[batch, tokens]`` into ``[batch, embed_dim]`` (not normalised)."""
