@@ -57,7 +57,7 @@ def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
                 f"{name}={overrides[name]!r} contradicts the checkpoint: its shapes say {name}="
                 f"{getattr(spec, name)!r} ({found.detail}). Drop the keyword, or load the checkpoint it describes."
             )
-    values = {name: getattr(changed, name) for name in overrides}
+    values = {name: getattr(changed, name) for name in overrides if spec.provenance_of(name).source != SHAPES}
     return spec.with_values(values, Provenance.caller())
 
 

@@ -61,10 +61,12 @@ CONFIG = "config"
 RELEASE = "release"
 CONVENTION = "convention"
 CALLER = "caller"
+UNUSED = "unused"
 UNRECORDED = "unrecorded"
 
-#: every provenance source, strongest first (``SHAPES`` is a fact: nothing may contradict it)
-SOURCES: tuple[str, ...] = (SHAPES, CALLER, CONFIG, RELEASE, CONVENTION, UNRECORDED)
+#: every provenance source, strongest first (``SHAPES`` is a fact: nothing may contradict it);
+#: ``UNUSED``: the value does not affect this model (an eos id when pooling at the highest id)
+SOURCES: tuple[str, ...] = (SHAPES, CALLER, CONFIG, RELEASE, CONVENTION, UNUSED, UNRECORDED)
 
 
 @attrs.frozen
@@ -102,6 +104,11 @@ class Provenance:
         return cls(CONVENTION, why)
 
     @classmethod
+    def unused(cls, why: str) -> Provenance:
+        """The value does not affect this model: ``why`` says so."""
+        return cls(UNUSED, why)
+
+    @classmethod
     def caller(cls) -> Provenance:
         """Given as a ``clipkit.load`` keyword."""
         return cls(CALLER, "clipkit.load keyword")
@@ -134,6 +141,39 @@ class ProvenanceMap(Mapping[str, Provenance]):
         return (ProvenanceMap, (self._items,))
 
 
+#: OpenAI's normalisation constants (the default preprocessing of every spec)
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear", "nearest")
+RESIZE_MODES: tuple[str, ...] = ("shortest", "longest", "squash")
+
+#: the preprocessing fields every spec has (``clipkit.load`` warns about them like any other guessed field)
+PREPROCESS_FIELDS: tuple[str, ...] = ("image_mean", "image_std", "interpolation", "resize_mode", "fill_color", "resize_to")
+
+
+def _three_floats(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be three numbers (R, G, B), got {value!r}")
+    if attribute.name == "image_std" and not all(v > 0 for v in value):
+        raise ConfigurationError(f"{type(instance).__name__}.image_std must be positive, got {value!r}")
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),) * 3
+    return tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value)
+
+
+def _optional_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
+
+
+def _fill(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ConfigurationError(f"{type(instance).__name__}.fill_color must be an int 0..255, got {value!r}")
+
+
 def _to_provenance_map(value: Mapping[str, Provenance] | None) -> ProvenanceMap:
     if isinstance(value, ProvenanceMap):
         return value
@@ -157,6 +197,16 @@ class ArchSpec:
 
     family: str
     image_resolution: int | tuple[int, int] = attrs.field(converter=_square_or_pair, validator=_resolution)
+    #: preprocessing: normalisation, resampling filter, how the image is fitted to the square
+    #: (``shortest`` side resized then center crop; ``longest`` side resized then padded with
+    #: ``fill_color``; ``squash``: resized to the square), and ``resize_to``, the side the shortest
+    #: edge is resized to before the crop when it differs from ``image_resolution``
+    image_mean: tuple[float, ...] = attrs.field(default=CLIP_MEAN, converter=_floats, validator=_three_floats)
+    image_std: tuple[float, ...] = attrs.field(default=CLIP_STD, converter=_floats, validator=_three_floats)
+    interpolation: str = attrs.field(default="bicubic", validator=attrs.validators.in_(INTERPOLATIONS))
+    resize_mode: str = attrs.field(default="shortest", validator=attrs.validators.in_(RESIZE_MODES))
+    fill_color: int = attrs.field(default=0, validator=_fill)
+    resize_to: int | None = attrs.field(default=None, validator=_optional_positive)
     #: where each field's value came from (see the module docstring); not part of equality or repr
     provenance: ProvenanceMap = attrs.field(
         factory=ProvenanceMap, converter=_to_provenance_map, eq=False, repr=False, kw_only=True

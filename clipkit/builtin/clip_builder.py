@@ -18,5 +18,5 @@ def build_clip(visual: torch.nn.Module, spec: CLIPSpec) -> CLIP:
         text_width=spec.text_width,
         text_layers=spec.text_layers,
         text_heads=spec.text_heads,
-        quick_gelu=spec.quick_gelu,
+        **spec.text_options(),
     )

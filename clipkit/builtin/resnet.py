@@ -16,7 +16,7 @@ import torch
 
 from clipkit import shapes
 from clipkit.builtin.clip_builder import build_clip
-from clipkit.builtin.clip_shapes import TEXT_SIGNATURE, text_tower
+from clipkit.builtin.clip_shapes import OPENAI, TEXT_SIGNATURE, text_tower
 from clipkit.builtin.clip_specs import ResNetSpec
 from clipkit.errors import StateDictError
 from clipkit.hookspecs import hookimpl
@@ -31,7 +31,8 @@ SIGNATURE: tuple[str, ...] = (
 
 def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ResNetSpec:
     """Read a ``ResNetSpec`` off an OpenAI-layout ResNet state dict, raising ``StateDictError`` on inconsistent shapes."""
-    text = text_tower(state_dict)
+    reading = text_tower(state_dict)
+    embed_dim = reading.values["embed_dim"]
     first = shapes.shape(state_dict, "visual.layer1.0.conv1.weight", dims=4)
     width = first[0]
     stem = f"visual.layer1.0.conv1.weight {first} gives width {width}"
@@ -57,16 +58,15 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ResNetSpec:
     pool_width = width * 32
     side = shapes.square_side(state_dict, "visual.attnpool.positional_embedding", pool_width, "feature-map positions")
     shapes.expect(
-        state_dict, "visual.attnpool.c_proj.weight", (text["embed_dim"], pool_width),
-        f"it maps the ResNet's {pool_width} features to the joint embedding width {text['embed_dim']} of text_projection",
+        state_dict, "visual.attnpool.c_proj.weight", (embed_dim, pool_width),
+        f"it maps the ResNet's {pool_width} features to the joint embedding width {embed_dim} of the text projection",
     )
-    return ResNetSpec(
-        image_resolution=32 * side,
-        vision_width=width,
-        vision_layers=tuple(layers),
-        vision_heads=shapes.default_heads(pool_width),
-        **text,
-    )
+    reading.shape("image_resolution", 32 * side, "visual.attnpool.positional_embedding")
+    reading.shape("vision_width", width, "visual.layer1.0.conv1.weight")
+    reading.shape("vision_layers", tuple(layers), "visual.layerN.M")
+    reading.convention("vision_heads", shapes.default_heads(pool_width), f"64-wide attention-pool heads ({OPENAI})")
+    reading.shape("family", "resnet", "visual.attnpool.positional_embedding and visual.layerN")
+    return ResNetSpec(**reading.spec_kwargs())
 
 
 @hookimpl

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from clipkit.hookspecs import hookimpl
-from clipkit.spec import ArchSpec
+from clipkit.spec import CLIP_MEAN, CLIP_STD, ArchSpec
 
 if TYPE_CHECKING:
     from torchvision.transforms import Compose
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _to_rgb(image: Any) -> Any:

@@ -1,9 +1,11 @@
 """CLIP ViT, OpenAI layout: needs visual.proj, 4-D visual.conv1.weight, visual.class_embedding + text keys token_embedding.weight, positional_embedding, text_projection, ln_final.weight.
 
-Every hyperparameter is read off tensor shapes: the patch size from the patch
+Every size is read off tensor shapes: the patch size from the patch
 convolution, the resolution from the positional embedding's grid, the depths
-from the numbered blocks. Head counts follow OpenAI's 64-wide convention and
-``quick_gelu`` defaults to True; both can be overridden through
+from the numbered blocks, the MLP widths, and open_clip's variants by their
+keys (layer scale, no ``ln_pre``, an attentional pooler). What shapes cannot
+show follows OpenAI's conventions (64-wide heads; open_clip's head counts at its
+large widths; QuickGELU), each recorded as such and overridable through
 ``clipkit.load(..., vision_heads=..., quick_gelu=False)``.
 """
 
@@ -15,9 +17,8 @@ import torch
 
 from clipkit import shapes
 from clipkit.builtin.clip_builder import build_clip
-from clipkit.builtin.clip_shapes import TEXT_SIGNATURE, check_transformer, text_tower
+from clipkit.builtin.clip_shapes import OPENAI, TEXT_SIGNATURE, Reading, text_tower, transformer, vision_heads
 from clipkit.builtin.clip_specs import ViTSpec
-from clipkit.errors import StateDictError
 from clipkit.hookspecs import hookimpl
 from clipkit.nn import CLIP, VisionTransformer
 
@@ -29,8 +30,13 @@ def _is_vit(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec:
-    """Read a ``ViTSpec`` off an OpenAI-layout ViT state dict, raising ``StateDictError`` on inconsistent shapes."""
-    text = text_tower(state_dict)
+    """Read a ``ViTSpec`` off an OpenAI-layout ViT state dict, raising ``StateDictError`` on inconsistent shapes.
+
+    Every field carries its provenance: sizes and variants read off the shapes,
+    the rest OpenAI's conventions (open_clip's head counts at its large widths).
+    """
+    reading = text_tower(state_dict)
+    embed_dim = reading.values["embed_dim"]
     conv = shapes.shape(state_dict, "visual.conv1.weight")
     width, channels, patch, patch_w = conv
     if channels != 3 or patch != patch_w:
@@ -40,27 +46,43 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec:
         )
     shapes.expect(state_dict, "visual.class_embedding", (width,), f"visual.conv1.weight {conv} gives width {width}")
     grid = shapes.square_side(state_dict, "visual.positional_embedding", width, "patches")
-    shapes.expect(state_dict, "visual.ln_pre.weight", (width,), f"the vision width is {width}")
-    shapes.expect(state_dict, "visual.ln_post.weight", (width,), f"the vision width is {width}")
+    reading.shape("image_resolution", patch * grid, "visual.positional_embedding")
+    reading.shape("vision_width", width, "visual.conv1.weight")
+    reading.shape("vision_patch_size", patch, "visual.conv1.weight")
+    ln_pre = "visual.ln_pre.weight" in state_dict
+    if ln_pre:
+        shapes.expect(state_dict, "visual.ln_pre.weight", (width,), f"the vision width is {width}")
+    reading.shape("vision_ln_pre", ln_pre, "visual.ln_pre.weight")
+    transformer(reading, state_dict, "visual.transformer.resblocks.", "vision", width)
+    heads, why = vision_heads(width)
+    reading.convention("vision_heads", heads, why)
+    pool_width = _attentional_pool(reading, state_dict, width, embed_dim)
+    shapes.expect(state_dict, "visual.ln_post.weight", (pool_width,), f"the pooled features are {pool_width} wide")
     shapes.expect(
-        state_dict, "visual.proj", (width, text["embed_dim"]),
-        f"it maps the vision width {width} to the joint embedding width {text['embed_dim']} of text_projection",
+        state_dict, "visual.proj", (pool_width, embed_dim),
+        f"it maps the pooled {pool_width} features to the joint embedding width {embed_dim} of the text projection",
     )
-    layers = shapes.block_count(state_dict, "visual.transformer.resblocks.")
-    if layers == 0:
-        raise StateDictError(
-            f"the state dict has no visual.transformer.resblocks.N blocks. {shapes.OPENAI_LAYOUT_ADVICE}",
-            missing=["visual.transformer.resblocks.0.attn.in_proj_weight"],
-        )
-    check_transformer(state_dict, "visual.transformer.resblocks.", width, layers)
-    return ViTSpec(
-        image_resolution=patch * grid,
-        vision_width=width,
-        vision_layers=layers,
-        vision_heads=shapes.default_heads(width),
-        vision_patch_size=patch,
-        **text,
-    )
+    reading.convention("vision_pool", "tok", f"the class token ({OPENAI})")
+    reading.convention("vision_final_ln_after_pool", False, f"ln_post before pooling ({OPENAI})")
+    reading.convention("vision_norm_eps", 1e-5, f"LayerNorm epsilon ({OPENAI})")
+    reading.convention("vision_gelu_approximate", "none", "exact GELU (when quick_gelu is False)")
+    reading.shape("family", "vit", "visual.conv1.weight (a 4-D patch embedding) and visual.class_embedding")
+    return ViTSpec(**reading.spec_kwargs())
+
+
+def _attentional_pool(reading: Reading, state_dict: Mapping[str, torch.Tensor], width: int, embed_dim: int) -> int:
+    """Read open_clip's attentional pooler (``visual.attn_pool.*``), if any; return the pooled features' width."""
+    if "visual.attn_pool.query" not in state_dict:
+        reading.shape("vision_attn_pool_queries", 0, "no visual.attn_pool.query")
+        reading.unused("vision_attn_pool_heads", 8, "no attentional pooler")
+        return width
+    queries, query_width = shapes.shape(state_dict, "visual.attn_pool.query", dims=2)
+    if query_width != embed_dim:
+        raise shapes.shape_mismatch("visual.attn_pool.query", (queries, query_width), (queries, embed_dim),
+                                    f"the attentional pooler's queries are the joint embedding width {embed_dim}")
+    reading.shape("vision_attn_pool_queries", queries, "visual.attn_pool.query")
+    reading.convention("vision_attn_pool_heads", 8, "open_clip's default attn_pooler_heads")
+    return embed_dim
 
 
 @hookimpl
@@ -85,6 +107,7 @@ def build_vit_clip(spec: ViTSpec, *, vision_quick_gelu: bool | None = None) -> C
         heads=spec.vision_heads,
         output_dim=spec.embed_dim,
         quick_gelu=spec.quick_gelu if vision_quick_gelu is None else vision_quick_gelu,
+        **spec.vision_options(),
     )
     return build_clip(visual, spec)
 
