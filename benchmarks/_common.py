@@ -43,7 +43,7 @@ def checkpoint(name: str, cache_dir: Path, *, kind: str = "state_dict") -> Path:
 
     ``kind="state_dict"``: a ``torch.save`` zip of the official fp16 state dict.
     ``kind="torchscript"``: a release-like fp16 TorchScript archive of the same
-    weights (OpenAI's ``build_model``, traced by ``clipkit.jit.export_torchscript``).
+    weights (OpenAI's ``build_model``, traced by ``clipkit.export.to_torchscript``).
     """
     import torch
 
@@ -57,11 +57,11 @@ def checkpoint(name: str, cache_dir: Path, *, kind: str = "state_dict") -> Path:
     if kind == "state_dict":
         factories().write_checkpoint(partial, config, seed=0, dtype=torch.float16)
     elif kind == "torchscript":
-        from clipkit.jit import export_torchscript
+        from clipkit.export import to_torchscript
 
         state_dict = factories().make_state_dict(config, seed=0, dtype=torch.float16)
         model = openai_clip().model.build_model(dict(state_dict)).eval()  # fp16, as the releases were traced
-        export_torchscript(model, partial, batch_size=1)
+        to_torchscript(model, partial, batch_size=1)
     else:
         raise ValueError(f"kind must be 'state_dict' or 'torchscript', not {kind!r}")
     partial.replace(path)

@@ -7,7 +7,7 @@ graph of every submodule (``forward``, ``encode_image``, ``encode_text`` and the
 ``forward1``-style variants tracing leaves), walking graphs through the node
 API (``kindOf``/``s``/``i``, never subscripting) and skipping methods an
 archive does not define. Exporting a model to such an archive is
-``clipkit.export.to_torchscript`` (``export_torchscript`` here is the same call).
+``clipkit.export.to_torchscript`` (formerly ``clipkit.jit.export_torchscript``).
 
 Current torch marks ``torch.jit.load`` and ``torch.jit.trace`` deprecated.
 clipkit calls ``torch.jit`` only here, and only for a user who asked for
@@ -25,7 +25,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +33,7 @@ from clipkit.archive import preflight
 from clipkit.checkpoint import is_torchscript_archive
 from clipkit.errors import CheckpointNotFoundError, ConfigurationError, JITError
 
-__all__ = ["export_torchscript", "load_jit", "patch_device", "patch_dtype", "script_graphs"]
+__all__ = ["load_jit", "patch_device", "patch_dtype", "script_graphs"]
 
 # c10::ScalarType codes as serialized in TorchScript graphs (stable: archives depend on them)
 _SCALAR_TYPE_CODES: dict[torch.dtype, int] = {
@@ -270,18 +269,3 @@ def _all_nodes(graph: torch.Graph) -> Iterator[torch._C.Node]:
         for node in blocks.pop().nodes():
             yield node
             blocks.extend(node.blocks())
-
-
-# -- export (moved) ------------------------------------------------------------------------------------
-
-
-def export_torchscript(model: nn.Module, path: str | os.PathLike[str], **options: Any) -> Path:
-    """Trace ``model`` into a release-shaped TorchScript archive at ``path``: ``clipkit.export.to_torchscript``.
-
-    Kept here for existing callers (``options``: ``device``, ``dtype``,
-    ``batch_size``); the writer lives with the other export formats in
-    ``clipkit.export``.
-    """
-    from clipkit.export.torchscript import to_torchscript
-
-    return to_torchscript(model, path, **options)

@@ -4,7 +4,7 @@ The releases are OpenAI's ``clip/model.py`` traced in float16 on a GPU, with
 ``input_resolution``, ``context_length`` and ``vocab_size`` buffers. Here the
 same model code (OpenAI's ``clip`` package) is built from a random tiny state
 dict (``factories.make_state_dict``, float16 where OpenAI's ``convert_weights``
-halves) and traced on the CPU by ``clipkit.jit.export_torchscript``: current
+halves) and traced on the CPU by ``clipkit.export.to_torchscript``: current
 torch has CPU half kernels for every op CLIP uses, so the trace runs in
 genuine mixed precision and its graphs carry half dtype constants (``5``) and
 ``"cpu"`` device constants. A *CUDA twin* is the same archive with its
@@ -97,10 +97,10 @@ def make_release_archive(
     Returns the state dict that was traced (official layout, float16 where the
     releases are, without the metadata entries).
     """
-    from clipkit.jit import export_torchscript
+    from clipkit.export import to_torchscript
 
     state_dict = factories.make_state_dict(config, seed=seed, dtype=torch.float16)
-    export_torchscript(official_model(state_dict), path)
+    to_torchscript(official_model(state_dict), path)
     if cuda_twin is not None:
         rewrite_device_constants(path, cuda_twin, "cuda:0")
     return state_dict

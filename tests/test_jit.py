@@ -15,7 +15,8 @@ import factories
 import jit_fixtures
 from clipkit import archive
 from clipkit.errors import JITError
-from clipkit.jit import export_torchscript, load_jit, patch_device, patch_dtype
+from clipkit.export import to_torchscript as export_torchscript
+from clipkit.jit import load_jit, patch_device, patch_dtype
 
 CONFIGS = [factories.TINY_VIT, factories.TINY_RESNET]
 IDS = [c.name for c in CONFIGS]
