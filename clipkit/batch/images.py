@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 Transform = Callable[[Any], torch.Tensor]
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f..>" differs per run
 
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any]) -> bytes:
@@ -33,7 +35,7 @@ def decode(data: bytes, transform: Transform) -> torch.Tensor:
 
 def failure_reason(exc: BaseException) -> str:
     """One line saying why an input was skipped: the exception's type and message."""
-    message = " ".join(str(exc).split()) or "no message"
+    message = " ".join(_OBJECT_REPR.sub("", str(exc)).split()) or "no message"
     return f"{type(exc).__name__}: {message}"
 
 

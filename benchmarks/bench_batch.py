@@ -1,0 +1,151 @@
+"""Batch embedding throughput: clipkit's local engine vs a naive loop vs the Ray engine with N CPU actors.
+
+All three embed the same folder of real photos (scikit-image's, cropped and
+re-encoded as JPEG/PNG by ``tests/batch_fixtures.py``) with the same
+random-weight checkpoint, end to end (model load included, so use enough
+images to amortise it), and report images/s:
+
+- ``naive``: the loop a user writes first, all in the main process: for each
+  batch, ``PIL.Image.open`` + ``preprocess`` every file, stack,
+  ``encode_image``, normalise;
+- ``local``: ``clipkit.batch.embed_images(..., workers=W)`` (DataLoader worker
+  processes decode while the model runs), for each ``--workers`` value;
+- ``ray``: ``clipkit.batch.embed_images(..., engine="ray", actors=N)`` on a
+  local ``ray.init(num_cpus=--ray-cpus)`` for each ``--actors`` value (Ray's
+  start-up is reported apart and not counted);
+- ``decode``: reading + decoding + preprocessing alone, one process, the
+  per-core rate that decides how many CPU cores a GPU needs.
+
+The default model is a small ViT (``--model small``: width 256, 4 layers,
+224 px, 32 px patches) whose encoder costs about as much as decoding, the
+balance a GPU sees with a real model; ``--model ViT-B/32`` runs the real size
+(on a CPU, then, the model dominates and every engine is model-bound).
+
+Run: ``python benchmarks/bench_batch.py [--images 256] [--workers 1 2] [--actors 1 2] [--model small|ViT-B/32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+
+def small_config():
+    """A small ViT CLIP (random weights) whose image encoder costs about as much as decoding a photo on one core."""
+    return _common.factories().CLIPConfig(
+        "small-vit", embed_dim=256, image_resolution=224, vision_layers=4, vision_width=256, vision_patch_size=32,
+        context_length=77, vocab_size=49408, text_width=256, text_layers=2,
+    )
+
+
+def naive(paths: list[Path], checkpoint: Path, batch_size: int) -> float:
+    """The naive loop; returns seconds."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    import clipkit
+
+    start = time.perf_counter()
+    model, preprocess = clipkit.load(checkpoint, device="cpu")
+    rows = []
+    with torch.inference_mode():
+        for first in range(0, len(paths), batch_size):
+            images = []
+            for path in paths[first: first + batch_size]:
+                try:
+                    with Image.open(path) as image:
+                        images.append(preprocess(image))
+                except OSError:
+                    continue
+            rows.append(F.normalize(model.encode_image(torch.stack(images)).float(), dim=-1))
+    torch.cat(rows)
+    return time.perf_counter() - start
+
+
+def decode_only(paths: list[Path], checkpoint: Path) -> float:
+    """Read + decode + preprocess every file in this process; returns seconds."""
+    from clipkit.batch.images import load_pixels
+    from clipkit.loader import inspect, make_transform
+
+    transform = make_transform(inspect(checkpoint))
+    start = time.perf_counter()
+    for path in paths:
+        load_pixels(str(path), {}, transform)
+    return time.perf_counter() - start
+
+
+def engine(folder: Path, checkpoint: Path, out: Path, **options) -> float:
+    """One ``clipkit.batch.embed_images`` run into a fresh folder; returns seconds."""
+    from clipkit import batch
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    batch.embed_images(folder, out, model=checkpoint, device="cpu", progress=False, **options)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--actors", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    parser.add_argument("--model", default="small", help="'small' (default) or an official architecture name")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each (median reported)")
+    args = parser.parse_args()
+
+    bf = _common._tests_module("batch_fixtures")
+    work = Path(tempfile.mkdtemp(prefix="clipkit-bench-batch-"))
+    try:
+        folder = work / "photos"
+        paths = bf.write_files(folder, bf.photo_bytes(args.images))
+        config = small_config() if args.model == "small" else _common.factories().OFFICIAL_CONFIGS[args.model]
+        checkpoint = work / "model.pt"
+        _common.factories().write_checkpoint(checkpoint, config)
+        n = len(paths)
+        rows = []
+
+        def record(name: str, settings: str, run) -> None:
+            seconds = _common.median([run() for _ in range(args.repeats)])
+            rows.append([name, settings, f"{seconds:.1f}", f"{n / seconds:.1f}"])
+            print(f"{name:7s} {settings:28s} {seconds:6.1f} s  {n / seconds:7.1f} images/s", flush=True)
+
+        record("decode", "1 process, no model", lambda: decode_only(paths, checkpoint))
+        record("naive", f"batch {args.batch_size}", lambda: naive(paths, checkpoint, args.batch_size))
+        for workers in args.workers:
+            record("local", f"batch {args.batch_size}, {workers} workers",
+                   lambda w=workers: engine(folder, checkpoint, work / "out", batch_size=args.batch_size, workers=w))
+        if args.actors:
+            import ray
+
+            start = time.perf_counter()
+            ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+            print(f"ray.init(num_cpus={args.ray_cpus}): {time.perf_counter() - start:.1f} s (not counted)")
+            try:
+                for actors in args.actors:
+                    record("ray", f"batch {args.batch_size}, {actors} CPU actors",
+                           lambda a=actors: engine(folder, checkpoint, work / "out", batch_size=args.batch_size,
+                                                   engine="ray", actors=a))
+            finally:
+                ray.shutdown()
+        naive_rate = float(rows[1][3])
+        table = [[*row, f"{float(row[3]) / naive_rate:.2f}x"] for row in rows]
+        print(f"\n### Batch embedding, {n} photos, model {args.model} (cpu fp32), median of {args.repeats}\n")
+        print(_common.markdown_table(["engine", "settings", "seconds", "images/s", "vs naive"], table))
+        print(f"\n{_common.machine_summary()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
