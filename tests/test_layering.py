@@ -23,7 +23,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "clipkit.errors", "clipkit.version", "clipkit.nn", "clipkit.nn.*",
     )),
     ("plain data and shared checks", (
-        "clipkit.spec", "clipkit.shapes", "clipkit.releases", "clipkit.limits", "clipkit.inputs",
+        "clipkit.spec", "clipkit.shapes", "clipkit.releases", "clipkit.limits", "clipkit.inputs", "clipkit.provenance",
     )),
     ("file readers and fetching", (
         "clipkit.layouts", "clipkit.pickle_scan", "clipkit.unpickling", "clipkit.torchfile", "clipkit.zipstore",
