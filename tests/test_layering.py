@@ -25,12 +25,10 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("plain data and shared checks", (
         "clipkit.spec", "clipkit.shapes", "clipkit.releases", "clipkit.limits", "clipkit.inputs", "clipkit.provenance",
     )),
-    # export writes files from a built model and needs nothing above the readers (clipkit.jit keeps
-    # export_torchscript as an alias of its TorchScript writer), so it lives with them
-    ("file readers and writers, fetching", (
+    ("file readers and fetching", (
         "clipkit.layouts", "clipkit.pickle_scan", "clipkit.unpickling", "clipkit.torchfile", "clipkit.zipstore",
-        "clipkit.archive", "clipkit.checkpoint", "clipkit.jit", "clipkit.tokenizer", "clipkit.export",
-        "clipkit.export.*", "clipkit.fetching", "clipkit.fetching.*",
+        "clipkit.archive", "clipkit.checkpoint", "clipkit.jit", "clipkit.tokenizer",
+        "clipkit.fetching", "clipkit.fetching.*",
     )),
     ("hook declarations", (
         "clipkit.hookspecs",
@@ -44,7 +42,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline and front ends", (
         "clipkit", "clipkit.__main__", "clipkit.loader", "clipkit.adapt", "clipkit.model_sources",
         "clipkit.tokenizers", "clipkit.cli", "clipkit.cli.*", "clipkit.testing", "clipkit.testing.*",
-        "clipkit.batch", "clipkit.batch.*",
+        "clipkit.batch", "clipkit.batch.*", "clipkit.export", "clipkit.export.*",
     )),
 )
 
