@@ -57,14 +57,17 @@ def fetch_checkpoint(
     """Make ``source`` available as a local file and return its path.
 
     Called for every source that is not an existing local path: URLs
-    (``https://``, ``s3://``, ``file://``, any fsspec protocol). ``cache_dir``
+    (``https://``, ``s3://``, ``file://``, any fsspec protocol) and Hub sources
+    (``hf-hub:<org>/<repo>``, answered with a directory). ``cache_dir``
     is where downloads belong; ``sha256`` is the expected lower-case hex digest
     or ``None`` when the caller gave none (the fetcher may still find one in the
     URL). ``storage_options`` are the caller's fsspec options (credentials,
     endpoint) to pass to the filesystem. Verify the digest before returning,
     raising ``clipkit.errors.ChecksumError`` on a mismatch. When
-    ``clipkit.fetching.is_offline()`` is true (``CLIPKIT_OFFLINE=1``), never
-    touch the network: return a cached copy or raise ``clipkit.errors.OfflineError``.
+    ``clipkit.fetching.is_offline()`` is true (``CLIPKIT_OFFLINE=1``, and while
+    clipkit asks every source of a registered name for a cached copy before
+    downloading any), never touch the network: return a cached copy or raise
+    ``clipkit.errors.OfflineError``.
     Return ``None`` for "not my scheme": the next plugin is asked. The first
     non-``None`` answer wins.
     """
