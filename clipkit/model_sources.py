@@ -46,6 +46,7 @@ import attrs
 from clipkit import fetching
 from clipkit.errors import ChecksumError, ConfigurationError, FetchError, OfflineError, SourcesExhaustedError
 from clipkit.fetching.hub import is_hub_source
+from clipkit.fetching.redact import redact_url
 from clipkit.plugins import PluginRegistry
 from clipkit.spec import ModelSource
 
@@ -182,7 +183,7 @@ def fetch_named(
     listed = candidates(entry, mirror=mirror, sha256=sha256, archive_only=archive_only)
     usable = [c for c in listed if not c.note]
     has_mirror = any(c.kind == "mirror" for c in usable)
-    attempts: list[Attempt] = [Attempt(c.source, f"skipped: {c.note}") for c in listed if c.note]
+    attempts: list[Attempt] = [Attempt(redact_url(c.source), f"skipped: {c.note}") for c in listed if c.note]
 
     def call(candidate: Candidate, where: Path) -> Path | None:
         return registry.call_first("fetch_checkpoint", source=candidate.source, cache_dir=where,
@@ -199,28 +200,28 @@ def fetch_named(
                 try:
                     path = call(candidate, where)
                 except _MOVE_ON as exc:
-                    attempts.append(Attempt(candidate.source, f"not cached in {where}: {_reason(exc)}"))
+                    attempts.append(Attempt(redact_url(candidate.source), f"not cached in {where}: {_reason(exc)}"))
                     continue
                 if path is not None:
-                    return _report(Served(name, Path(path), candidate.source, True, tuple(attempts)))
+                    return _report(Served(name, Path(path), redact_url(candidate.source), True, tuple(attempts)))
     if fetching.is_offline():
         raise OfflineError(_exhausted_message(name, attempts, offline=True), source=name)
     network: list[Attempt] = []
     for candidate in usable:
         if is_hub_source(candidate.source) and _hub_offline():
-            network.append(Attempt(candidate.source, "not asked: HF_HUB_OFFLINE is set"))
+            network.append(Attempt(redact_url(candidate.source), "not asked: HF_HUB_OFFLINE is set"))
             continue
         try:
             path = call(candidate, cache_dir)
         except _MOVE_ON as exc:
-            network.append(Attempt(candidate.source, _reason(exc)))
-            _log.info("%s: %s failed (%s); trying the next source", name, candidate.source, _reason(exc))
+            network.append(Attempt(redact_url(candidate.source), _reason(exc)))
+            _log.info("%s: %s failed (%s); trying the next source", name, redact_url(candidate.source), _reason(exc))
             continue
         if path is None:
-            network.append(Attempt(candidate.source, "no fetcher handles it"))
+            network.append(Attempt(redact_url(candidate.source), "no fetcher handles it"))
             continue
         skipped = tuple(a for a in attempts if a.outcome.startswith("skipped"))
-        return _report(Served(name, Path(path), candidate.source, False, skipped + tuple(network)))
+        return _report(Served(name, Path(path), redact_url(candidate.source), False, skipped + tuple(network)))
     every = tuple(a for a in attempts if a.outcome.startswith("skipped")) + tuple(network)
     raise SourcesExhaustedError(_exhausted_message(name, every, offline=False), source=name,
                                 attempts=tuple((a.source, a.outcome) for a in every))

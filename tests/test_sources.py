@@ -139,13 +139,15 @@ def test_a_host_name_that_does_not_resolve_falls_back(point_release, hub, releas
 
 def test_when_every_source_fails_one_error_lists_each(point_release, cdn, hub, monkeypatch) -> None:
     url = point_release(cdn.base_url + "/clip/models")
-    monkeypatch.setenv("CLIPKIT_MIRROR", cdn.base_url + "/mirror")
+    mirror = cdn.base_url.replace("http://", "http://deploy:s3cr3t@") + "/mirror"
+    monkeypatch.setenv("CLIPKIT_MIRROR", mirror)
     with pytest.raises(SourcesExhaustedError) as caught:
         clipkit.load(NAME, device="cpu")
     tried = [source for source, _ in caught.value.attempts]
     entry = models.OFFICIAL_MODELS[NAME]
-    assert tried == [sources.mirror_url(cdn.base_url + "/mirror", entry), url, HUB_SOURCE,
-                     "hf-hub:openai/clip-vit-base-patch32"]
+    shown_mirror = sources.mirror_url(mirror, entry).replace("deploy:s3cr3t@", "***@")
+    assert tried == [shown_mirror, url, HUB_SOURCE, "hf-hub:openai/clip-vit-base-patch32"]
+    assert "s3cr3t" not in str(caught.value)
     for source, why in caught.value.attempts:
         assert source in str(caught.value) and why in str(caught.value)
     assert all("SourceNotFoundError" in why for _, why in caught.value.attempts)
