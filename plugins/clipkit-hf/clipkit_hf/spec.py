@@ -8,7 +8,6 @@ end-of-text token id (checked, see ``check_pooling``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ import attrs
 import torch
 
 from clipkit import ViTSpec, shapes
-from clipkit.errors import CheckpointError, ConfigurationError, StateDictError
+from clipkit.errors import ConfigurationError, StateDictError
+from clipkit.limits import read_json
 
 __all__ = ["ACTIVATIONS", "HFCLIPSpec", "check_pooling", "infer_spec", "read_config"]
 
@@ -63,7 +63,8 @@ def read_config(path: Path | None) -> dict[str, Any] | None:
     Returns ``{"path": Path, "text": {...}, "vision": {...}}`` with each tower's
     settings (``text_config_dict``/``vision_config_dict`` of older files merged
     over ``text_config``/``vision_config``). A ``config.json`` that is not a CLIP
-    config is ignored; one that is not valid JSON raises ``CheckpointError``.
+    config is ignored; one that is not valid JSON, or larger or more deeply
+    nested than ``clipkit.limits`` allows, raises ``CheckpointError``.
     """
     if path is None:
         return None
@@ -71,10 +72,7 @@ def read_config(path: Path | None) -> dict[str, Any] | None:
     config_path = (path if path.is_dir() else path.parent) / "config.json"
     if not config_path.is_file():
         return None
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON ({exc}); fix or delete it") from exc
+    raw = read_json(config_path)
     if not isinstance(raw, dict) or not (raw.get("model_type") == "clip" or "text_config" in raw or "vision_config" in raw):
         return None
     towers = {}
