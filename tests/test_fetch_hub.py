@@ -90,6 +90,8 @@ def test_hf_url_fetches_one_file_at_a_pinned_revision(server: HubServer, weights
     assert pinned.read_bytes() == tagged.read_bytes() == weights["open_clip_model.safetensors"]
     assert latest.read_bytes() == weights["model.safetensors"]
     assert server.downloads().count("open_clip_model.safetensors") == 2  # the tag reused the commit's file
+    assert (pinned.parent / "open_clip_config.json").is_file()  # its layout's config, from the same commit
+    assert "config.json" not in server.downloads()  # not transformers' (timm's) config
     model, _ = clipkit.load(f"hf://{REPO}@v1/open_clip_model.safetensors", device="cpu")
     assert model.context_length == factories.TINY_VIT.context_length
 

@@ -9,7 +9,8 @@ every other library that uses it. clipkit adds what it owns for every source:
   (``HfApi.model_info``), picks one checkpoint's files (a config and one
   weights file: see ``clipkit.layouts``) and downloads those alone
   (``snapshot_download(allow_patterns=...)``). ``hf://`` downloads one file
-  (``hf_hub_download``).
+  (``hf_hub_download``) and, when it is a layout's weights file, that layout's
+  config files beside it (same commit), so readers find them.
 * **Integrity.** Every file is checked against the digest the Hub advertised
   for it, which ``huggingface_hub`` names its cached blob by (the ETag): an LFS
   file's SHA-256 (also compared with the listing's), a small file's git blob id.
@@ -395,7 +396,7 @@ def fetch_hub(source: str, *, sha256: str | None = None, records: Path | None = 
     """Return a local path for a Hub source, downloading into the Hugging Face cache only what is missing, verified.
 
     ``hf-hub:`` answers the snapshot folder holding one checkpoint's files
-    (``choose_checkpoint_files``); ``hf://`` answers the one file. Every file is
+    (``choose_checkpoint_files``); ``hf://`` answers the one file (its layout's configs fetched beside it). Every file is
     checked against the digest the Hub advertised for it and, when ``sha256``
     is given, the weights file (or the ``hf://`` file) must also have that
     digest. ``records`` is where verified records are kept (clipkit's cache
@@ -479,7 +480,31 @@ def _fetch_file(hub: Any, ref: HubRef, cache: Path, endpoint: str | None, record
                 source=str(ref),
             ) from None
         raise
-    return verify_hub_file(Path(path), ref, records=records)
+    weights = verify_hub_file(Path(path), ref, records=records)
+    _fetch_side_configs(hub, ref, weights, cache, endpoint, offline, records)
+    return weights
+
+
+def _fetch_side_configs(hub: Any, ref: HubRef, weights: Path, cache: Path, endpoint: str | None, offline: bool,
+                        records: Path | None) -> None:
+    """Fetch the config files of the layout ``ref``'s file belongs to (``clipkit.layouts``), from the same commit,
+    into the same snapshot folder: readers find them beside the weights. A config the repo lacks is skipped."""
+    from clipkit.layouts import LAYOUTS
+
+    folder, _, name = ref.filename.rpartition("/")
+    configs = next((c for _, c, w in LAYOUTS if name in w), ())
+    commit = weights.parents[ref.filename.count("/")].name
+    for config in configs:
+        wanted = f"{folder}/{config}" if folder else config
+        try:
+            found = hub.hf_hub_download(ref.repo_id, wanted, revision=commit, cache_dir=cache, endpoint=endpoint,
+                                        local_files_only=offline)
+        except Exception as exc:  # not in the repo (or not cached offline): the weights load without it
+            if type(exc).__name__ in ("RemoteEntryNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError",
+                                      "OfflineModeIsEnabled"):
+                continue
+            raise _translate(exc, attrs.evolve(ref, filename=wanted), endpoint) from exc
+        verify_hub_file(Path(found), attrs.evolve(ref, filename=wanted), records=records)
 
 
 __all__ = [
