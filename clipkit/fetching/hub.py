@@ -26,13 +26,8 @@ every other library that uses it. clipkit adds what it owns for every source:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import re
 import socket
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,75 +43,15 @@ from clipkit.errors import (
     OfflineError,
     SourceNotFoundError,
 )
+from clipkit.fetching.hub_verify import RECORD_DIR, advertised_digest, verify_hub_file
+from clipkit.fetching.hubref import HF_SCHEME, HUB_PREFIX, HubRef, is_hub_source, parse_hub_source
 from clipkit.layouts import require_checkpoint
 
-HUB_PREFIX = "hf-hub:"
-HF_SCHEME = "hf://"
 EXTRA_HINT = "pip install 'clipkit[hub]'"
-RECORD_DIR = "hf-blobs"
 
 _FALSY = frozenset({"", "0", "false", "no", "off"})
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_GIT_OID = re.compile(r"^[0-9a-f]{40}$")
 
 T = TypeVar("T")
-
-
-@attrs.frozen
-class HubRef:
-    """A parsed Hub source: the repo, the revision asked for (``None``: ``main``), and one file (``hf://``) or ``None``."""
-
-    repo_id: str
-    revision: str | None = None
-    filename: str | None = None
-
-    def __str__(self) -> str:
-        at = f"@{self.revision}" if self.revision else ""
-        if self.filename is None:
-            return f"{HUB_PREFIX}{self.repo_id}{at}"
-        return f"{HF_SCHEME}{self.repo_id}{at}/{self.filename}"
-
-
-def is_hub_source(source: str) -> bool:
-    """Whether ``source`` is spelled as a Hub source (``hf-hub:...`` or ``hf://...``)."""
-    return source.startswith(HUB_PREFIX) or source.startswith(HF_SCHEME)
-
-
-def parse_hub_source(source: str) -> HubRef:
-    """Split ``hf-hub:<org>/<repo>[@rev]`` or ``hf://<org>/<repo>[@rev]/<file>`` into a ``HubRef``.
-
-    In ``hf://`` URLs a revision holding ``/`` is written URL-encoded
-    (``@refs%2Fpr%2F1``), as ``huggingface_hub``'s own ``HfFileSystem`` spells
-    it. Raises ``ConfigurationError`` naming what is wrong with a malformed one.
-    """
-    if source.startswith(HUB_PREFIX):
-        body, _, revision = source[len(HUB_PREFIX):].partition("@")
-        repo_id, filename = body.strip("/"), None
-        revision = revision or None
-    elif source.startswith(HF_SCHEME):
-        rest = source[len(HF_SCHEME):]
-        if rest.split("/", 1)[0] in ("datasets", "spaces", "buckets"):
-            raise ConfigurationError(f"{source!r} is not a model repo; clipkit loads checkpoints from model repos only")
-        parts = rest.split("/", 2)
-        if len(parts) < 3 or not parts[2]:
-            raise ConfigurationError(
-                f"{source!r} names no file; write hf://<org>/<repo>[@revision]/<file>, or hf-hub:<org>/<repo> "
-                f"to load the checkpoint a repo holds"
-            )
-        name, _, revision = parts[1].partition("@")
-        repo_id, filename = f"{parts[0]}/{name}", parts[2]
-        revision = urllib.parse.unquote(revision) or None
-    else:
-        raise ConfigurationError(f"{source!r} is not a Hub source (hf-hub:<org>/<repo> or hf://<org>/<repo>/<file>)")
-    if not _REPO_ID.match(repo_id):
-        raise ConfigurationError(
-            f"{source!r} does not name a repo as <org>/<name> (got {repo_id!r}); e.g. "
-            f"hf-hub:timm/vit_base_patch32_clip_224.openai"
-        )
-    if filename is not None and (filename.startswith("/") or ".." in filename.split("/")):
-        raise ConfigurationError(f"{source!r}: the file path {filename!r} must stay inside the repo")
-    return HubRef(repo_id, revision, filename)
 
 
 def choose_checkpoint_files(names: Sequence[str], where: str = "the repo") -> list[str]:
@@ -234,103 +169,6 @@ def _with_retries(call: Callable[[], T], ref: HubRef, endpoint: str | None) -> T
                 fetching.download._sleep(settings.backoff(failures))
                 continue
             raise _translate(exc, ref, endpoint) from exc
-
-
-# -- verification -----------------------------------------------------------------------------
-
-
-def _git_blob_id(path: Path) -> str:
-    hasher = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _record_path(records: Path | None, blob: Path) -> Path | None:
-    return None if records is None else records / f"{blob.name}.json"
-
-
-def _recorded(records: Path | None, blob: Path) -> bool:
-    from clipkit.fetching import VerifiedRecord
-
-    path = _record_path(records, blob)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path else None
-        record = VerifiedRecord(**{k: data[k] for k in ("sha256", "size", "mtime_ns", "ctime_ns", "inode", "source")})
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return record.sha256 == blob.name and record.matches(blob)
-
-
-def _remember(records: Path | None, blob: Path, source: str) -> None:
-    from clipkit.fetching import VerifiedRecord
-
-    path = _record_path(records, blob)
-    if path is None:
-        return
-    with contextlib.suppress(OSError):  # best effort: without a record the blob is hashed again next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(attrs.asdict(VerifiedRecord.of(blob, blob.name, source))), encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def advertised_digest(snapshot_file: Path) -> str | None:
-    """The digest the Hub advertised for a cached file: the name of the blob its snapshot link points to."""
-    if not snapshot_file.is_symlink():
-        return None
-    name = Path(os.readlink(snapshot_file)).name
-    return name if _SHA256.match(name) or _GIT_OID.match(name) else None
-
-
-def verify_hub_file(snapshot_file: Path, ref: HubRef, *, listed_sha256: str | None = None,
-                    records: Path | None = None) -> Path:
-    """Check a cached Hub file against the digest the Hub advertised for it; return it, or remove it and raise.
-
-    The expected digest is the blob's name (an LFS file's SHA-256, a small
-    file's git blob id) and, for an LFS file, the SHA-256 the repo listing gave
-    (``listed_sha256``) must be the same. A file that cannot be checked (a cache
-    without symlinks) raises ``FetchError``; a mismatch deletes the blob and its
-    snapshot link and raises ``ChecksumError``.
-    """
-    name = snapshot_file.name
-    expected = advertised_digest(snapshot_file)
-    if expected is None:
-        raise FetchError(
-            f"{ref}: cannot verify {snapshot_file}: it is not a link to a blob named by its digest (a Hugging Face "
-            f"cache without symlinks); set HF_HUB_CACHE to a cache on a file system with symlinks",
-            source=str(ref),
-        )
-    blob = snapshot_file.resolve()
-    if listed_sha256 is not None and _SHA256.match(expected) and listed_sha256 != expected:
-        _discard(snapshot_file, blob)
-        raise ChecksumError(
-            f"{ref}: the Hub advertised two digests for {name}: {listed_sha256} in the repo listing and {expected} "
-            f"when it was downloaded; the download was removed from the Hugging Face cache, try again",
-            source=str(ref), expected=listed_sha256, actual=expected,
-        )
-    if _recorded(records, blob):
-        return snapshot_file
-    from clipkit.fetching import sha256_file
-
-    actual = sha256_file(blob) if _SHA256.match(expected) else _git_blob_id(blob)
-    if actual != expected:
-        _discard(snapshot_file, blob)
-        kind = "SHA-256" if _SHA256.match(expected) else "git blob id"
-        raise ChecksumError(
-            f"{kind} mismatch for {name} of {ref}: the Hub advertised {expected}, the bytes give {actual}. The file "
-            f"was removed from the Hugging Face cache ({blob}); fetch again, or check HF_ENDPOINT and any proxy.",
-            source=str(ref), expected=expected, actual=actual,
-        )
-    _remember(records, blob, str(ref))
-    return snapshot_file
-
-
-def _discard(snapshot_file: Path, blob: Path) -> None:
-    for path in (blob, snapshot_file):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 # -- fetching -------------------------------------------------------------------------------
@@ -508,6 +346,9 @@ def _fetch_side_configs(hub: Any, ref: HubRef, weights: Path, cache: Path, endpo
 
 
 __all__ = [
+    "HF_SCHEME",
+    "HUB_PREFIX",
+    "RECORD_DIR",
     "HubRef",
     "advertised_digest",
     "choose_checkpoint_files",
