@@ -20,8 +20,9 @@ class attributes and methods to override:
 
 - ``expected_spec``: the exact ``ArchSpec`` detection must return for the sample;
 - ``sample_checkpoint(directory)``: write the sample in its real on-disk form
-  (a file or a directory, e.g. with a ``config.json``) and return its path; by
-  default the sample state dict is saved with ``torch.save``;
+  (a file or a directory, e.g. with a ``config.json`` and the tokenizer's
+  files) and return its path; by default the sample state dict is saved with
+  ``torch.save``;
 - ``plugin_name``: the name used when the kit registers the plugin at run time.
 
 What the checks cover, one test each: the hooks match clipkit's hook specs;
@@ -36,7 +37,12 @@ device without allocating; the sample loads strictly by assignment through
 ``context_length`` and ``vocab_size``; ``encode_image``/``encode_text`` give
 ``[batch, embed_dim]``; ``forward`` gives ``(logits_per_image,
 logits_per_text)``, one the transpose of the other; the transform maps PIL
-images to ``[3, R, R]``; and ``clipkit.load`` loads the sample checkpoint.
+images to ``[3, R, R]``; ``clipkit.load`` loads the sample checkpoint; and the
+tokenizer contract: ``make_tokenizer`` declines other families, and
+``clipkit.get_tokenizer`` of the loaded sample (and of its path) gives
+``[n, context_length]`` int64 ids below ``vocab_size`` that ``encode_text``
+takes — or, for a plugin without a tokenizer whose vocabulary is not OpenAI's,
+a ``ConfigurationError``.
 
 The kit registers the plugin with the process-wide registry only for the tests
 that need clipkit's dispatch (and only when it is not already registered, for
@@ -51,8 +57,8 @@ that is not yours"; ``make_state_dict(CLIPConfig(...))`` builds one of any size
 model inputs.
 
 The kit's parts: ``conformance`` (the base class and its fixtures),
-``detection_checks`` and ``model_checks`` (the inherited tests), ``harness``
-(the plugin on its own pluggy manager), ``checkpoints`` and ``samples``.
+``detection_checks``, ``model_checks`` and ``tokenizer_checks`` (the inherited tests),
+``harness`` (the plugin on its own pluggy manager), ``checkpoints`` and ``samples``.
 """
 
 from clipkit.testing.checkpoints import CLIPConfig, make_state_dict, openai_resnet_state_dict, openai_vit_state_dict

@@ -1,0 +1,131 @@
+"""``SiglipSpec``: a SigLIP checkpoint's architecture, preprocessing and tokenizer, each field with its provenance.
+
+Shapes give every size (widths, depths, MLP widths, patch size, resolution,
+context, vocabulary, joint width). What shapes cannot show comes from the files
+transformers saves beside the weights (``config.json``: head counts,
+activations, LayerNorm epsilons; ``preprocessor_config.json``: mean, std,
+resample; ``tokenizer_config.json`` / ``spiece.model``: the tokenizer), else
+from SigLIP's conventions, recorded as such so that ``clipkit.load`` warns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from clipkit import ArchSpec
+from clipkit.errors import ConfigurationError
+from clipkit.spec import _positive
+
+__all__ = ["INTERPOLATIONS", "SiglipSpec", "siglip_heads"]
+
+#: PIL's resample codes (``preprocessor_config.json``'s ``resample``) by the name torchvision gives them
+INTERPOLATIONS: dict[str, int] = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _activation(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    from clipkit_siglip.model import ACTIVATIONS
+
+    if value not in ACTIVATIONS:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name}={value!r} is not an activation clipkit-siglip runs; "
+            f"supported: {', '.join(ACTIVATIONS)}"
+        )
+
+
+def _small_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be a small positive number, got {value!r}")
+
+
+def _triple(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if len(value) != 3 or not all(isinstance(v, float) for v in value):
+        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be three numbers (R, G, B), got {value!r}")
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"expected three numbers (R, G, B), got {value!r}") from None
+
+
+def _interpolation(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in INTERPOLATIONS:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name}={value!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
+
+
+def _heads_divide(width_field: str):
+    def check(instance: Any, attribute: attrs.Attribute, heads: int) -> None:
+        _positive(instance, attribute, heads)
+        width = getattr(instance, width_field)
+        if width % heads:
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{attribute.name}={heads} does not divide {width_field}={width}"
+            )
+
+    return check
+
+
+def _optional_str(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be a string or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SiglipSpec(ArchSpec):
+    """A transformers ``SiglipModel`` (SigLIP, or SigLIP 2 at a fixed resolution).
+
+    Sizes are read off the shapes; ``*_heads``, ``*_act``, ``*_layer_norm_eps``
+    come from ``config.json``; ``image_mean``, ``image_std`` and
+    ``interpolation`` (a torchvision name) from ``preprocessor_config.json``.
+    ``tokenizer_dir`` is the directory holding the tokenizer files and
+    ``tokenizer_class`` what ``tokenizer_config.json`` names (``None`` when
+    there are none). The model's logits are sigmoid logits (``score``).
+    """
+
+    family: str = "siglip"
+    embed_dim: int = attrs.field(validator=_positive)
+    context_length: int = attrs.field(validator=_positive)
+    vocab_size: int = attrs.field(validator=_positive)
+    text_width: int = attrs.field(validator=_positive)
+    text_layers: int = attrs.field(validator=_positive)
+    text_heads: int = attrs.field(validator=_heads_divide("text_width"))
+    text_mlp_width: int = attrs.field(validator=_positive)
+    vision_width: int = attrs.field(validator=_positive)
+    vision_layers: int = attrs.field(validator=_positive)
+    vision_heads: int = attrs.field(validator=_heads_divide("vision_width"))
+    vision_mlp_width: int = attrs.field(validator=_positive)
+    vision_patch_size: int = attrs.field(validator=_positive)
+    text_act: str = attrs.field(default="gelu_pytorch_tanh", validator=_activation)
+    vision_act: str = attrs.field(default="gelu_pytorch_tanh", validator=_activation)
+    text_layer_norm_eps: float = attrs.field(default=1e-6, validator=_small_positive)
+    vision_layer_norm_eps: float = attrs.field(default=1e-6, validator=_small_positive)
+    image_mean: tuple[float, ...] = attrs.field(default=(0.5, 0.5, 0.5), converter=_floats, validator=_triple)
+    image_std: tuple[float, ...] = attrs.field(default=(0.5, 0.5, 0.5), converter=_floats, validator=_triple)
+    interpolation: str = attrs.field(default="bicubic", validator=_interpolation)
+    tokenizer_dir: str | None = attrs.field(default=None, validator=_optional_str)
+    tokenizer_class: str | None = attrs.field(default=None, validator=_optional_str)
+
+    @property
+    def score(self) -> str:
+        """``"sigmoid"``: the logits are per-pair sigmoid logits (``logit_scale.exp() * cos + logit_bias``)."""
+        return "sigmoid"
+
+
+#: SigLIP's released tower widths whose heads are not 64 wide (so400m: 16 heads of 72; giant: 16 of 96)
+_RELEASED_HEADS = {1152: 16, 1536: 16}
+
+
+def siglip_heads(width: int) -> tuple[int, str]:
+    """The head count SigLIP's released towers use at ``width``, and the convention it follows (for provenance)."""
+    if width in _RELEASED_HEADS:
+        heads = _RELEASED_HEADS[width]
+        return heads, f"SigLIP's {width}-wide towers use {heads} heads of {width // heads}"
+    heads = max(1, width // 64)
+    while width % heads:
+        heads -= 1
+    return heads, "64-wide heads, as SigLIP's base and large towers"

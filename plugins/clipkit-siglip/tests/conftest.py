@@ -1,0 +1,36 @@
+"""Make ``clipkit_siglip`` importable from a plain checkout, and register it for the tests that load through clipkit.
+
+In CI the distribution is installed (``pip install -e plugins/clipkit-siglip``)
+and clipkit registers it through its entry point; run from a checkout without
+installing, the package directory is put on ``sys.path`` and the
+``siglip_registered`` fixture registers the plugin at run time instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import clipkit_siglip  # noqa: F401
+except ImportError:  # not installed: use the source next to these tests
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import clipkit_siglip.plugin
+from clipkit.plugins import get_registry
+
+
+@pytest.fixture
+def siglip_registered():
+    """The process-wide registry with the plugin in it (through its entry point, or registered for this test)."""
+    registry = get_registry()
+    if registry.pm.is_registered(clipkit_siglip.plugin):
+        yield registry
+        return
+    name = registry.register(clipkit_siglip.plugin, name="siglip")
+    try:
+        yield registry
+    finally:
+        registry.unregister(name)
