@@ -184,6 +184,33 @@ def _tokenizer(fields: _Fields, directory: Path | None) -> None:
     fields.set("tokenizer_class", name, Provenance.config(directory / "tokenizer_config.json", "tokenizer_class"))
 
 
+def _resolution(fields: _Fields, patch: int, side: int, config_path: Path | None, config: dict | None,
+                directory: Path | None) -> None:
+    """The input size: ``vision_config.image_size`` (transformers' 224 when the file leaves it out), else the
+    processor's size, else ``patch * side``.
+
+    The patch convolution drops a remainder, so the shapes only bound it: a
+    ``side x side`` grid of ``patch`` pixels takes ``patch * side`` up to
+    ``patch * side + patch - 1`` pixels (so400m-patch14-384: 27 patches of 14 for 384).
+    """
+    if config is not None:
+        file, key = config_path, "vision_config.image_size"
+        image_size = (config.get("vision_config") or {}).get("image_size", 224)
+    else:
+        file, prefix, processor = _image_processor_config(directory)
+        key, size = prefix + "size", (processor or {}).get("size")
+        image_size = size.get("height") if isinstance(size, dict) and size.get("height") == size.get("width") else None
+    if image_size is None:
+        fields.set("image_resolution", patch * side, Provenance.convention(
+            f"the smallest input a {side}x{side} grid of {patch}px patches covers (up to {patch - 1}px more also fit)"))
+        return
+    if not isinstance(image_size, int) or image_size // patch != side:
+        raise UnsupportedConfigError(
+            f"{file}: {key} is {image_size!r}, but the weights hold {side}x{side} positions of {patch}px patches, "
+            f"for {patch * side} to {patch * side + patch - 1}px images", field=key, path=str(file))
+    fields.set("image_resolution", image_size, Provenance.config(file, key))
+
+
 def infer_spec(state_dict: Mapping[str, torch.Tensor], path: Path | None = None) -> SiglipSpec:
     """The ``SiglipSpec`` of a transformers ``SiglipModel`` state dict and the files in (or beside) ``path``."""
     directory = _directory(path)
@@ -219,13 +246,7 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], path: Path | None = None)
         raise shapes.shape_mismatch(grid_key, (patches, vision_width), (side * side, vision_width),
                                     "one position per patch of a square grid", advice=ADVICE)
     fields.set("vision_patch_size", patch, Provenance.shapes(conv))
-    fields.set("image_resolution", patch * side, Provenance.shapes(grid_key))
-    image_size = ((config or {}).get("vision_config") or {}).get("image_size")
-    if image_size is not None and image_size != patch * side:
-        raise UnsupportedConfigError(f"{config_path}: vision_config.image_size is {image_size}, but the weights "
-                                     f"are for {patch * side}px images", field="vision_config.image_size",
-                                     path=str(config_path))
-
+    _resolution(fields, patch, side, config_path, config, directory)
     for tower, width in (("text", text_width), ("vision", vision_width)):
         settings = (config.get(f"{tower}_config") or {}) if config is not None else None
         heads, why = siglip_heads(width)
@@ -239,6 +260,6 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], path: Path | None = None)
                 field=f"{tower}_config.hidden_act", path=str(config_path))
         fields.setting(f"{tower}_layer_norm_eps", settings, config_path, f"{tower}_config.layer_norm_eps", 1e-6,
                        "SigLIP's LayerNorm epsilon 1e-6", config_default=1e-6)
-    _preprocessing(fields, directory, patch * side)
+    _preprocessing(fields, directory, fields.values["image_resolution"])
     _tokenizer(fields, directory)
     return SiglipSpec(**fields.values, provenance=fields.provenance)

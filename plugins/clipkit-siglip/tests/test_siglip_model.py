@@ -28,7 +28,8 @@ CONFIGS = {
     "base-like": dict(),
     "narrow-heads-gelu": dict(text_width=64, text_heads=4, text_mlp=100, vision_width=64, vision_heads=2,
                               vision_mlp=72, patch=4, resolution=16, context=8, act="gelu", eps=1e-5, seed=3),
-    "quick-gelu-one-layer": dict(act="quick_gelu", layers=1, vision_heads=6, seed=5),
+    # 36px images in 8px patches: a 4x4 grid and a dropped remainder, as so400m-patch14-384 (27 patches of 14)
+    "quick-gelu-one-layer-36px": dict(act="quick_gelu", layers=1, vision_heads=6, resolution=36, seed=5),
 }
 
 
@@ -174,5 +175,5 @@ def test_unsupported_activation_and_contradicting_config_are_refused(tmp_path):
     config = json.loads((tmp_path / "size" / "config.json").read_text())
     config["vision_config"]["image_size"] = 64
     (tmp_path / "size" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedConfigError, match="image_size is 64, but the weights are for 32px images"):
+    with pytest.raises(UnsupportedConfigError, match=r"image_size is 64, but the weights hold 4x4 positions of 8px patches, for 32 to 39px"):
         clipkit.inspect(tmp_path / "size")
