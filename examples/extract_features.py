@@ -87,10 +87,14 @@ def embed_images(
 
 @torch.no_grad()
 def embed_texts(model: torch.nn.Module, texts: Sequence[str], device: torch.device, batch_size: int) -> torch.Tensor:
-    """Normalised text features ``[len(texts), D]``; texts longer than the model's context are truncated."""
+    """Normalised text features ``[len(texts), D]``; texts longer than the model's context are truncated.
+
+    The tokenizer is the model's own (``clipkit.get_tokenizer``): OpenAI's BPE for CLIP, SentencePiece for SigLIP.
+    """
+    tokenizer = clipkit.get_tokenizer(model)
     chunks = []
     for start in range(0, len(texts), batch_size):
-        tokens = clipkit.tokenize(texts[start : start + batch_size], context_length=model.context_length, truncate=True)
+        tokens = tokenizer(texts[start : start + batch_size])
         chunks.append(normalise(model.encode_text(tokens.to(device))))
     return torch.cat(chunks)
 

@@ -94,7 +94,7 @@ def embed_images(
 def embed_text(model: torch.nn.Module, text: str) -> torch.Tensor:
     """The normalised embedding ``[D]`` of one text (truncated to the model's context length)."""
     device = next(model.parameters()).device
-    tokens = clipkit.tokenize([text], context_length=model.context_length, truncate=True).to(device)
+    tokens = clipkit.get_tokenizer(model)([text]).to(device)  # the model's own tokenizer, truncating
     return normalise(model.encode_text(tokens))[0]
 
 

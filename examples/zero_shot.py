@@ -1,10 +1,16 @@
 """Zero-shot image classification with any CLIP checkpoint clipkit can load.
 
 Each label becomes one or more sentences ("a photo of a {}."), the text encoder
-embeds them, and every image is assigned the label whose (averaged, normalised)
-text embedding is closest to the image's embedding. With ``--ensemble`` each
-label is described by several prompt templates and their embeddings are
-averaged, the prompt-ensembling recipe of the CLIP paper.
+embeds them (with the model's own tokenizer, ``clipkit.get_tokenizer``), and
+every image is assigned the label whose (averaged, normalised) text embedding
+is closest to the image's embedding. With ``--ensemble`` each label is
+described by several prompt templates and their embeddings are averaged, the
+prompt-ensembling recipe of the CLIP paper.
+
+The first line says what the scores are. CLIP's are a softmax over the given
+labels (they sum to 1). A model trained with a sigmoid loss (SigLIP: it has a
+``logit_bias``) scores every label on its own, ``sigmoid(scale * cos + bias)``:
+independent probabilities that need not sum to 1 (none may be high).
 
 Examples::
 
@@ -71,10 +77,11 @@ def class_embeddings(
     model: torch.nn.Module, labels: Sequence[str], templates: Sequence[str], device: torch.device
 ) -> torch.Tensor:
     """One unit vector per label: the normalised mean of its prompts' normalised text embeddings, ``[labels, dim]``."""
+    tokenizer = clipkit.get_tokenizer(model)  # the model's own: OpenAI's BPE, SigLIP's SentencePiece, ...
     rows = []
     for label in labels:
         prompts = [template.format(label) for template in templates]
-        tokens = clipkit.tokenize(prompts, context_length=model.context_length, truncate=True).to(device)
+        tokens = tokenizer(prompts).to(device)
         features = model.encode_text(tokens).float()
         features = features / features.norm(dim=-1, keepdim=True)
         mean = features.mean(dim=0)
@@ -108,6 +115,22 @@ def logit_scale(model: torch.nn.Module) -> float:
     return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
 
 
+def label_scores(model: torch.nn.Module, images: torch.Tensor, classifier: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``([images, labels] scores, kind)``: ``"softmax"`` over the labels, or ``"sigmoid"`` per label for a model
+    with a ``logit_bias`` (trained with a sigmoid loss, as SigLIP)."""
+    logits = logit_scale(model) * images @ classifier.T
+    bias = getattr(model, "logit_bias", None)
+    if isinstance(bias, torch.Tensor):
+        return torch.sigmoid(logits + bias.detach().float().to(logits.device)), "sigmoid"
+    return logits.softmax(dim=-1), "softmax"
+
+
+SCORE_NOTES = {
+    "softmax": "scores: softmax over the {} labels (they sum to 1)",
+    "sigmoid": "scores: sigmoid, an independent probability per label (the model has a logit_bias; they need not sum to 1)",
+}
+
+
 def read_labels(args: argparse.Namespace) -> list[str]:
     """Labels from ``--labels-file`` (one a line) or ``--labels``, else the defaults."""
     if args.labels_file:
@@ -131,7 +154,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"average {len(ENSEMBLE_TEMPLATES)} built-in prompt templates per label")
     parser.add_argument("--top-k", type=int, default=3, help="labels to print per image (default 3)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--json", action="store_true", help="print one JSON object per image with every probability")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per image with every probability and its kind (softmax/sigmoid)")
     parser.add_argument("--model", default="ViT-B/32", help="official name, checkpoint path or URL (default ViT-B/32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     parser.add_argument("--download-root", help="checkpoint cache directory")
@@ -154,12 +178,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = next(model.parameters()).device
     classifier = class_embeddings(model, labels, templates, device)
     images = image_embeddings(model, preprocess, paths, device, args.batch_size)
-    probs = (logit_scale(model) * images @ classifier.T).softmax(dim=-1).cpu()
+    probs, kind = label_scores(model, images, classifier)
+    probs = probs.cpu()
 
     k = min(args.top_k, len(labels))
+    if not args.json:
+        print(SCORE_NOTES[kind].format(len(labels)))
     for path, row in zip(paths, probs):
         if args.json:
-            print(json.dumps({"image": str(path), "probs": dict(zip(labels, row.tolist()))}))
+            print(json.dumps({"image": str(path), "score": kind, "probs": dict(zip(labels, row.tolist()))}))
             continue
         values, indices = row.topk(k)
         ranked = ", ".join(f"{labels[i]} {p:.4f}" for p, i in zip(values.tolist(), indices.tolist()))

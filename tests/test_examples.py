@@ -165,7 +165,8 @@ ZS_LABELS = ("cat", "cup of coffee", "rocket")
 
 def test_zero_shot_prints_a_probability_distribution_per_sample_photo(runs: ExampleRuns) -> None:
     (result,) = runs.result("zero_shot_samples")
-    lines = result.stdout.strip().splitlines()
+    header, *lines = result.stdout.strip().splitlines()
+    assert header == f"scores: softmax over the {DEFAULT_LABEL_COUNT} labels (they sum to 1)"
     assert [LINE.match(line)["image"] for line in lines] == list(SAMPLE)
     for line in lines:
         entries = [ENTRY.match(part) for part in LINE.match(line)["ranked"].split(", ")]
@@ -178,7 +179,7 @@ def test_zero_shot_prints_a_probability_distribution_per_sample_photo(runs: Exam
 def test_zero_shot_ensemble_averages_prompt_embeddings(runs: ExampleRuns, checkpoints: dict[str, Path]) -> None:
     (result,) = runs.result("zero_shot_samples")
     printed = {}
-    for line in result.stdout.strip().splitlines():
+    for line in result.stdout.strip().splitlines()[1:]:  # after the "scores: softmax ..." line
         match = LINE.match(line)
         printed[match["image"]] = {e["label"]: float(e["p"]) for e in map(ENTRY.match, match["ranked"].split(", "))}
     labels = list(printed["chelsea.png"])
@@ -208,7 +209,7 @@ def test_zero_shot_matches_the_models_own_logits(runs: ExampleRuns, checkpoints:
     images = [PHOTOS / "chelsea.png", PHOTOS / "camera.png"]
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [row["image"] for row in rows] == [str(p) for p in images]
-    assert all(list(row["probs"]) == list(ZS_LABELS) for row in rows)
+    assert all(list(row["probs"]) == list(ZS_LABELS) and row["score"] == "softmax" for row in rows)
 
     model, preprocess = clipkit.load(checkpoints["resnet"], device="cpu")
     pixels = torch.stack([preprocess(Image.open(p)) for p in images])
