@@ -58,6 +58,26 @@ def build_model(spec: Any) -> SiglipCLIP | None:
 
 
 @hookimpl
+def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Any, target: Any) -> dict[str, torch.Tensor] | None:
+    """A SigLIP state dict with its patch positions resized for ``target`` (another square input size)."""
+    if not isinstance(spec, SiglipSpec):
+        return None
+    from clipkit_siglip.adapting import resize_siglip_state_dict
+
+    return resize_siglip_state_dict(state_dict, spec, target)
+
+
+@hookimpl
+def select_tower(model: torch.nn.Module, tower: str) -> torch.nn.Module | None:
+    """One tower of a SigLIP model (``clipkit.load(..., tower="image"|"text")``); ``None`` for other models."""
+    if not isinstance(model, SiglipCLIP):
+        return None
+    from clipkit_siglip.adapting import split_siglip
+
+    return split_siglip(model, tower)
+
+
+@hookimpl
 def make_transform(spec: Any) -> SiglipTransform | None:
     """SigLIP's squash-resize preprocessing for a ``SiglipSpec``; ``None`` for other specs."""
     if not isinstance(spec, SiglipSpec):

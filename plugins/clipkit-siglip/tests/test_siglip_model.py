@@ -177,3 +177,26 @@ def test_unsupported_activation_and_contradicting_config_are_refused(tmp_path):
     (tmp_path / "size" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedConfigError, match=r"image_size is 64, but the weights hold 4x4 positions of 8px patches, for 32 to 39px"):
         clipkit.inspect(tmp_path / "size")
+
+
+def test_another_input_size_and_one_tower_match_transformers(tmp_path):
+    hf = ref.make_siglip(seed=10)
+    ref.save_checkpoint(hf, tmp_path / "siglip")
+    full, _ = clipkit.load(tmp_path / "siglip", device="cpu")
+    images, tokens = ref.images(resolution=48, seed=4), ref.token_ids()
+    model, preprocess = clipkit.load(tmp_path / "siglip", device="cpu", image_resolution=48)
+    assert model.visual.input_resolution == 48 and preprocess.resolution == 48
+    with torch.no_grad():
+        want = hf.get_image_features(pixel_values=images, interpolate_pos_encoding=True).pooler_output
+        torch.testing.assert_close(model.encode_image(images), want, rtol=1e-5, atol=1e-5)
+    image_tower, _ = clipkit.load(tmp_path / "siglip", device="cpu", tower="image")
+    text_tower, _ = clipkit.load(tmp_path / "siglip", device="cpu", tower="text")
+    assert not any(key.startswith("text_model.") for key in image_tower.state_dict())
+    with torch.no_grad():
+        assert torch.equal(image_tower.encode_image(images[:, :, :32, :32]), full.encode_image(images[:, :, :32, :32]))
+        assert torch.equal(text_tower.encode_text(tokens), full.encode_text(tokens))
+    assert torch.equal(clipkit.get_tokenizer(text_tower)(["a cat"]), clipkit.get_tokenizer(full)(["a cat"]))
+    from clipkit.errors import ResizeError
+
+    with pytest.raises(ResizeError, match="reads the last position of a text padded to its full context"):
+        clipkit.load(tmp_path / "siglip", device="cpu", context_length=8)
