@@ -54,7 +54,10 @@ for test suites, not for run-time use.
 checkpoints in the official OpenAI layout, the kit's stand-ins for "a checkpoint
 that is not yours"; ``make_state_dict(CLIPConfig(...))`` builds one of any size
 (``clipkit.testing.checkpoints``). ``sample_images`` and ``sample_tokens`` make
-model inputs.
+model inputs. ``dual_encoder_outputs``, ``assert_outputs_close`` and
+``max_difference`` compare a model with a reference implementation;
+``plugin_registered`` puts a plugin in clipkit's registry for a test
+(``clipkit.testing.reference``).
 
 The kit's parts: ``conformance`` (the base class and its fixtures),
 ``detection_checks``, ``model_checks`` and ``tokenizer_checks`` (the inherited tests),
@@ -63,14 +66,19 @@ The kit's parts: ``conformance`` (the base class and its fixtures),
 
 from clipkit.testing.checkpoints import CLIPConfig, make_state_dict, openai_resnet_state_dict, openai_vit_state_dict
 from clipkit.testing.conformance import PluginConformance
+from clipkit.testing.reference import assert_outputs_close, dual_encoder_outputs, max_difference, plugin_registered
 from clipkit.testing.samples import sample_images, sample_tokens
 
 __all__ = [
     "CLIPConfig",
     "PluginConformance",
+    "assert_outputs_close",
+    "dual_encoder_outputs",
     "make_state_dict",
+    "max_difference",
     "openai_resnet_state_dict",
     "openai_vit_state_dict",
+    "plugin_registered",
     "sample_images",
     "sample_tokens",
 ]

@@ -84,26 +84,3 @@ def reference_outputs(model: CLIPModel, pixel_values: torch.Tensor, input_ids: t
             "logits_per_image": out.logits_per_image,
             "logits_per_text": out.logits_per_text,
         }
-
-
-def clipkit_outputs(model: torch.nn.Module, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The same four outputs from a clipkit model."""
-    with torch.no_grad():
-        per_image, per_text = model(pixel_values, input_ids)
-        return {
-            "image": model.encode_image(pixel_values),
-            "text": model.encode_text(input_ids),
-            "logits_per_image": per_image,
-            "logits_per_text": per_text,
-        }
-
-
-def assert_matches(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    """Every output equal to 1e-5."""
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
-
-
-def max_difference(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
-    """The largest absolute difference over the four outputs."""
-    return max(float((got[key] - want[key]).abs().max()) for key in want)

@@ -21,6 +21,7 @@ import hf_reference as ref
 from clipkit.errors import ConfigurationError, StateDictError
 from clipkit.loader import detect_architecture
 from clipkit.plugins import PluginRegistry
+from clipkit.testing import assert_outputs_close, dual_encoder_outputs, max_difference
 from clipkit_hf import HFCLIPSpec, hf_to_openai, infer_spec
 
 pytestmark = pytest.mark.usefixtures("hf_registered")
@@ -52,13 +53,13 @@ def test_saved_directory_matches_transformers(variant, tmp_path):
     model, preprocess = clipkit.load(tmp_path / "clip", device="cpu")
     images, tokens = ref.images(), ref.tokens()
     want = ref.reference_outputs(hf, images, tokens)
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), want)
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), want)
     assert model.visual.input_resolution == 32 and model.context_length == 16 and model.vocab_size == 100
 
     # the activation read from config.json is what makes the numbers agree
     flipped = dict(quick_gelu=not spec_fields["quick_gelu"])
     wrong, _ = clipkit.load(tmp_path / "clip", device="cpu", **flipped)
-    assert ref.max_difference(ref.clipkit_outputs(wrong, images, tokens), want) > 1e-3
+    assert max_difference(dual_encoder_outputs(wrong, images, tokens), want) > 1e-3
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
@@ -75,7 +76,7 @@ def test_single_file_without_config_matches_transformers(suffix, tmp_path):
     assert clipkit.inspect(path) == _spec(text_heads=1, vision_width=128, vision_heads=2)
     model, _ = clipkit.load(path, device="cpu")
     images, tokens = ref.images(seed=3), ref.tokens()
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
 
 
 def test_weights_file_reads_the_config_beside_it(tmp_path):
@@ -93,7 +94,7 @@ def test_weights_file_reads_the_config_beside_it(tmp_path):
     torch.save(state, legacy / "pytorch_model.bin")
     model, _ = clipkit.load(legacy, device="cpu")
     images, tokens = ref.images(seed=4), ref.tokens()
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
 
 
 def test_config_supplies_heads_and_layer_norm_epsilon(tmp_path):
@@ -103,7 +104,7 @@ def test_config_supplies_heads_and_layer_norm_epsilon(tmp_path):
     model, _ = clipkit.load(tmp_path / "clip", device="cpu")
     assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-3}
     images, tokens = ref.images(seed=8), ref.tokens()
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
 
 
 def test_hf_to_openai_gives_the_builtin_vit_layout():

@@ -11,7 +11,6 @@ naming the field, never an approximate load.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,29 +18,19 @@ from typing import Any
 import torch
 
 from clipkit import shapes
-from clipkit.errors import CheckpointError, UnsupportedConfigError
+from clipkit.errors import UnsupportedConfigError
 from clipkit.spec import Provenance
+from clipkit_siglip.files import read_json
 from clipkit_siglip.model import ACTIVATIONS
 from clipkit_siglip.spec import INTERPOLATIONS, SiglipSpec, siglip_heads
 from clipkit_siglip.tokenizer import SPIECE
 
-__all__ = ["ADVICE", "infer_spec", "read_json"]
+__all__ = ["ADVICE", "infer_spec"]
 
 ADVICE = "The checkpoint is damaged or not a transformers SiglipModel; save it again with save_pretrained."
 _HEAD = "vision_model.head.probe"
 _RESCALE = 1 / 255
 _IMAGE_PROCESSORS = ("SiglipImageProcessor", "SiglipImageProcessorFast", "SiglipImageProcessorPil")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` if there is no such file; ``CheckpointError`` if it is not JSON."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
-    return data if isinstance(data, dict) else None
 
 
 def _directory(path: Path | None) -> Path | None:

@@ -14,7 +14,6 @@ position) expects its input.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from clipkit.errors import CheckpointError, ConfigurationError
+from clipkit_siglip.files import read_json
 
 __all__ = ["SPIECE", "SiglipTokenizer", "read_tokenizer_config"]
 
@@ -32,23 +32,14 @@ _UNDERLINE = "\u2581"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
-    return data if isinstance(data, dict) else {}
-
-
 def _token_text(value: Any) -> str | None:
     return value.get("content") if isinstance(value, Mapping) else value
 
 
 def read_tokenizer_config(directory: Path) -> dict[str, Any]:
     """``tokenizer_config.json`` with ``special_tokens_map.json`` under it, special tokens as plain strings."""
-    config = {**_read_json(directory / "special_tokens_map.json"), **_read_json(directory / "tokenizer_config.json")}
+    config = {**(read_json(directory / "special_tokens_map.json") or {}),
+              **(read_json(directory / "tokenizer_config.json") or {})}
     for name in ("eos_token", "pad_token", "unk_token"):
         if name in config:
             config[name] = _token_text(config[name])

@@ -19,18 +19,11 @@ except ImportError:  # not installed: use the source next to these tests
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clipkit_siglip.plugin
-from clipkit.plugins import get_registry
+from clipkit.testing import plugin_registered
 
 
 @pytest.fixture
 def siglip_registered():
     """The process-wide registry with the plugin in it (through its entry point, or registered for this test)."""
-    registry = get_registry()
-    if registry.pm.is_registered(clipkit_siglip.plugin):
+    with plugin_registered(clipkit_siglip.plugin, "siglip") as registry:
         yield registry
-        return
-    name = registry.register(clipkit_siglip.plugin, name="siglip")
-    try:
-        yield registry
-    finally:
-        registry.unregister(name)

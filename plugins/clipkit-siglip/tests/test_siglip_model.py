@@ -20,6 +20,7 @@ import clipkit
 import siglip_reference as ref
 from clipkit.errors import AssumptionWarning, ConfigurationError, UnsupportedConfigError
 from clipkit.spec import CONFIG, CONVENTION, SHAPES
+from clipkit.testing import assert_outputs_close, dual_encoder_outputs, max_difference
 
 pytestmark = pytest.mark.usefixtures("siglip_registered")
 skimage_data = pytest.importorskip("skimage.data")
@@ -53,7 +54,7 @@ def test_saved_directory_matches_transformers(name, tmp_path):
         model, _ = clipkit.load(tmp_path / name, device="cpu")
     resolution, context = vision.image_size, spec.context_length
     images, tokens = ref.images(resolution=resolution, seed=len(name)), ref.token_ids(context)
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
     assert model.visual.input_resolution == resolution and model.context_length == context
     assert model.vocab_size == ref.VOCAB and model.score == "sigmoid" and model.logit_bias.item() == -3.0
 
@@ -86,10 +87,10 @@ def test_bare_weights_warn_and_keywords_settle_the_guesses(tmp_path):
         guessed, _ = clipkit.load(tmp_path / "siglip.safetensors", device="cpu")
     assert {"text_heads", "vision_heads", "text_act", "image_mean"} <= set(caught[0].message.fields)
     assert clipkit.inspect(tmp_path / "siglip.safetensors").provenance_of("vision_heads").source == CONVENTION
-    assert ref.max_difference(ref.clipkit_outputs(guessed, images, tokens), want) > 1e-3
+    assert max_difference(dual_encoder_outputs(guessed, images, tokens), want) > 1e-3
     with pytest.warns(AssumptionWarning):  # the preprocessing and tokenizer are still unsettled
         model, _ = clipkit.load(tmp_path / "siglip.safetensors", device="cpu", text_heads=2, vision_heads=3)
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), want)
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), want)
     with pytest.raises(ConfigurationError, match="no tokenizer files beside its weights"):
         clipkit.get_tokenizer(model)
 
@@ -107,7 +108,7 @@ def test_older_pytorch_model_bin_with_position_ids_loads(tmp_path):
     with pytest.warns(AssumptionWarning):  # no preprocessor_config.json
         model, _ = clipkit.load(legacy, device="cpu")
     images, tokens = ref.images(seed=2), ref.token_ids()
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
     model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, strict=True)
 
 
@@ -118,9 +119,9 @@ def test_bfloat16_keeps_norms_and_logit_parameters_float32(tmp_path):
     assert model.vision_model.head.attention.in_proj_weight.dtype == torch.bfloat16
     assert model.logit_bias.dtype == model.vision_model.post_layernorm.weight.dtype == torch.float32
     images, tokens = ref.images(seed=3), ref.token_ids()
-    got = ref.clipkit_outputs(model, images.bfloat16(), tokens)
+    got = dual_encoder_outputs(model, images.bfloat16(), tokens)
     want = ref.reference_outputs(hf, images, tokens)
-    assert ref.max_difference({k: v.float() for k, v in got.items()}, want) < 0.25
+    assert max_difference({k: v.float() for k, v in got.items()}, want) < 0.25
 
 
 def test_siglip2_fixed_resolution_loads_and_its_gemma_tokenizer_is_refused(tmp_path):
@@ -133,7 +134,7 @@ def test_siglip2_fixed_resolution_loads_and_its_gemma_tokenizer_is_refused(tmp_p
         model, _ = clipkit.load(tmp_path / "siglip2", device="cpu")
     assert model.clipkit_spec.tokenizer_class == "GemmaTokenizer"
     images, tokens = ref.images(seed=5), ref.token_ids()
-    ref.assert_matches(ref.clipkit_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
+    assert_outputs_close(dual_encoder_outputs(model, images, tokens), ref.reference_outputs(hf, images, tokens))
     with pytest.raises(UnsupportedConfigError, match=r"GemmaTokenizer .* spiece.model \(SiglipTokenizer\), which is missing") as caught:
         clipkit.get_tokenizer(tmp_path / "siglip2")
     assert caught.value.field == "tokenizer_class"
