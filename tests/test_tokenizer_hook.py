@@ -10,6 +10,8 @@ import clipkit
 import factories
 from clipkit.errors import ConfigurationError
 
+pytestmark = pytest.mark.filterwarnings("ignore::clipkit.errors.AssumptionWarning")  # bare tiny checkpoints: guessed heads
+
 
 @pytest.fixture(scope="module")
 def vit_checkpoint(tmp_path_factory: pytest.TempPathFactory):
