@@ -8,8 +8,10 @@ to read from a directory, makes the choice deterministic:
 
 1. open_clip's layout: ``open_clip_config.json`` with ``open_clip_model.safetensors``,
    else ``open_clip_pytorch_model.bin``;
-2. transformers' layout: ``config.json`` (and ``preprocessor_config.json`` when
-   present) with ``model.safetensors``, else ``pytorch_model.bin``;
+2. transformers' layout: ``config.json`` (and, when present,
+   ``preprocessor_config.json`` and the ``TRANSFORMERS_SIDE_FILES``: processor
+   and SentencePiece tokenizer files) with ``model.safetensors``, else
+   ``pytorch_model.bin``;
 3. otherwise the only weights file at the top.
 
 The first layout whose config and a weights file are both present wins;
@@ -26,10 +28,15 @@ from clipkit.errors import CheckpointError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
+#: transformers' processor and SentencePiece tokenizer files, fetched with the weights when the repo has them
+#: (a model's ``clipkit.get_tokenizer`` reads them; a large ``tokenizer.json`` is left out)
+TRANSFORMERS_SIDE_FILES = ("processor_config.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+
 #: (layout name, its config files (the first one names the layout), its weights files, most preferred first)
 LAYOUTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("open_clip", ("open_clip_config.json",), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
-    ("transformers", ("config.json", "preprocessor_config.json"), ("model.safetensors", "pytorch_model.bin")),
+    ("transformers", ("config.json", "preprocessor_config.json", *TRANSFORMERS_SIDE_FILES),
+     ("model.safetensors", "pytorch_model.bin")),
 )
 
 
