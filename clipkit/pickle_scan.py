@@ -18,10 +18,11 @@ from typing import BinaryIO
 from clipkit.errors import CheckpointError
 from clipkit.limits import MAX_NESTING
 
-__all__ = ["MAX_PICKLE_BYTES", "MAX_PICKLE_OPS", "scan_pickle"]
+__all__ = ["MAX_INT_BITS", "MAX_PICKLE_BYTES", "MAX_PICKLE_OPS", "scan_pickle"]
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # the pickle itself; tensor data lives outside it
 MAX_PICKLE_OPS = 8_000_000  # a state dict needs about thirty opcodes a tensor
+MAX_INT_BITS = 4096  # sizes, offsets and counters; far larger ints only slow down whatever prints them
 
 _PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET = {"GET", "BINGET", "LONG_BINGET"}
@@ -33,8 +34,9 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
 
     Returns the offset just past its ``STOP`` (relative to where it started).
     Raises ``CheckpointError`` naming ``what`` when the stream is malformed,
-    longer than ``MAX_PICKLE_BYTES`` or ``MAX_PICKLE_OPS`` opcodes, or nests
-    containers deeper than ``clipkit.limits.MAX_NESTING``.
+    longer than ``MAX_PICKLE_BYTES`` or ``MAX_PICKLE_OPS`` opcodes, holds an
+    integer wider than ``MAX_INT_BITS``, or nests containers deeper than
+    ``clipkit.limits.MAX_NESTING``.
     """
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     start = stream.tell()
@@ -49,6 +51,10 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
                 raise CheckpointError(
                     f"{what} is a pickle of over {MAX_PICKLE_OPS} opcodes or {MAX_PICKLE_BYTES} bytes; "
                     "no checkpoint needs that many: the file is damaged or crafted"
+                )
+            if isinstance(arg, int) and arg.bit_length() > MAX_INT_BITS:
+                raise CheckpointError(
+                    f"{what} holds an integer of {arg.bit_length()} bits; no checkpoint needs one: the file is crafted"
                 )
             _step(opcode, arg, stack, marks, memo)
             if stack and stack[-1] > MAX_NESTING:

@@ -47,7 +47,7 @@ def read_entry(zf: zipfile.ZipFile, name: str, path: Path, *, limit: int) -> byt
     except KeyError:
         raise CheckpointError(f"{path} has no {name} entry; the file is incomplete or damaged") from None
     file_size = path.stat().st_size
-    cap = min(limit, inflate_cap(info.compress_size, file_size)) if info.compress_type else limit
+    cap = min(limit, inflate_cap(info.compress_size, file_size) if info.compress_type else file_size)
     if info.file_size > cap:
         raise CheckpointError(
             f"{path}: the zip entry {name} declares {info.file_size} bytes, over the limit of {cap} for it; "

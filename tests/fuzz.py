@@ -45,7 +45,7 @@ from sandbox import run_cases  # noqa: E402
 
 RSS_BOUND_KB = 768 * 1024  # a tiny checkpoint's load costs ~200 MiB; a mutation may not cost much more
 INTERESTING_INTS = [0, 1, -1, 2, 7, 255, 256, 65535, 2**31 - 1, 2**31, -(2**31), 2**32, 4_000_000, 2**62, 2**63 - 1,
-                    -(2**63), 2**64]
+                    -(2**63), 2**64, 2**5000]
 GLOBALS = ["torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_tensor_v3", "torch._utils _rebuild_parameter",
            "torch FloatStorage", "torch HalfStorage", "torch.storage UntypedStorage", "torch Size", "torch device",
            "collections OrderedDict", "numpy dtype", "numpy.core.multiarray _reconstruct",
@@ -145,7 +145,7 @@ def _encode_int(value: int) -> bytes:
     if -(2**31) <= value < 2**31:
         return b"J" + struct.pack("<i", value)
     raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(raw)]) + raw
+    return (b"\x8a" + bytes([len(raw)]) if len(raw) < 256 else b"\x8b" + struct.pack("<i", len(raw))) + raw
 
 
 def _encode_str(text: str) -> bytes:

@@ -157,3 +157,17 @@ def test_read_state_dict_never_opens_a_fifo(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="FIFO"):
         read_state_dict(hostile.fifo(tmp_path))
+
+
+def test_an_integer_too_wide_to_print_is_refused_by_the_scan(tmp_path: Path) -> None:
+    from clipkit.checkpoint import read_state_dict
+    from clipkit.errors import CheckpointError
+
+    path = tmp_path / "wide.pt"
+    path.write_bytes(hostile.legacy_bytes({"w": torch.ones(2)}))
+    data = path.read_bytes()
+    key = b"X" + (1).to_bytes(4, "little") + b"w"  # BINUNICODE 'w': the dict key's opcode
+    wide = (2**20000).to_bytes(2501, "little", signed=True)
+    path.write_bytes(data.replace(key, b"\x8b" + len(wide).to_bytes(4, "little") + wide, 1))
+    with pytest.raises(CheckpointError, match="integer of 20001 bits"):
+        read_state_dict(path)

@@ -7,6 +7,7 @@ import json
 
 from clipkit.cli._args import add_source_args
 from clipkit.cli._table import format_table
+from clipkit.fetching.redact import redact_url
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"class": type(spec).__name__, **fields, **origin}, indent=2))
         return 0
-    print(f"{args.source}: {type(spec).__name__}\n")
+    print(f"{redact_url(args.source)}: {type(spec).__name__}\n")
     print(format_table(["field", "value"], [[name, _value(value)] for name, value in fields.items()]))
     if origin:
         print("\n" + "\n".join(f"{key.replace('_', ' ')}: {value}" for key, value in origin.items()))

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from clipkit.cli._args import add_source_args
+from clipkit.fetching.redact import redact_url
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     resolution = getattr(visual, "input_resolution", None)
     if resolution is None:  # TorchScript archives keep it as a buffer on the model
         resolution = getattr(model, "input_resolution", "?")
-    print(f"loaded {args.source} in {elapsed:.2f}s: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
+    print(f"loaded {redact_url(args.source)} in {elapsed:.2f}s: {type(model).__name__}, {params / 1e6:.1f}M parameters, "
           f"{first.dtype} on {first.device}, input resolution {int(resolution)}")
     from clipkit.tokenizer import get_tokenizer, tokenize
 
