@@ -22,7 +22,7 @@ import torch
 from clipkit.errors import ConfigurationError, PluginError, ResizeError, StateDictError, TowerError
 from clipkit.nn import TOWERS
 from clipkit.plugins import PluginRegistry, get_registry
-from clipkit.spec import ArchSpec
+from clipkit.spec import ArchSpec, Provenance
 
 __all__ = ["one_tower", "resize", "target_spec"]
 
@@ -31,6 +31,8 @@ def target_spec(
     spec: ArchSpec, *, image_resolution: int | tuple[int, int] | None = None, context_length: int | None = None
 ) -> ArchSpec:
     """``spec`` with the caller's ``image_resolution`` and ``context_length`` (``None``: keep the checkpoint's).
+
+    The new values are recorded as the caller's (``Provenance.caller()``).
 
     Raises ``ResizeError`` when the spec has no ``context_length`` field (a
     family without a text length to change) and ``ConfigurationError`` for
@@ -48,7 +50,7 @@ def target_spec(
         changes["context_length"] = context_length
     if not changes:
         return spec
-    return attrs.evolve(spec, **changes)
+    return spec.with_values(changes, Provenance.caller())
 
 
 def resize(

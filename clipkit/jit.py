@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from clipkit.archive import preflight
 from clipkit.checkpoint import is_torchscript_archive

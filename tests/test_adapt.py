@@ -23,6 +23,10 @@ import clipkit
 from clipkit.errors import ConfigurationError, ResizeError, TowerError
 
 
+#: the random test files have no config beside them: guessed fields are expected here
+pytestmark = pytest.mark.filterwarnings("ignore::clipkit.errors.AssumptionWarning")
+
+
 def _open_clip_resized(state_dict: dict[str, torch.Tensor], key: str, grid: tuple[int, int]) -> torch.Tensor:
     """open_clip's ``resize_pos_embed`` applied to ``state_dict[key]`` for a ``grid``-sized tower."""
     from open_clip.model import resize_pos_embed
@@ -64,6 +68,7 @@ def test_resized_embedding_is_open_clips_resize_pos_embed(files, family, key, si
     resized = dict(model.state_dict())[key]
     torch.testing.assert_close(resized, _open_clip_resized(state_dict, key, grid), rtol=0, atol=0)
     assert model.visual.input_resolution == size
+    assert model.clipkit_spec.provenance_of("image_resolution").source == "caller"
     height, width = (size, size) if isinstance(size, int) else size
     with torch.no_grad():
         features = model.encode_image(_images((height, width)))
@@ -131,7 +136,7 @@ def test_text_length_change_is_the_direct_computation(files, length):
     else:  # the documented rule: trained rows kept, new rows repeat the last trained one
         expected_embedding = torch.cat([trained, trained[-1:].repeat(length - len(trained), 1)])
     model, _ = clipkit.load(path, device="cpu", context_length=length)
-    assert model.context_length == length
+    assert model.context_length == length and model.clipkit_spec.provenance_of("context_length").source == "caller"
     torch.testing.assert_close(model.positional_embedding.detach(), expected_embedding, rtol=0, atol=0)
     tokens = sample_tokens(TINY_VIT.with_(context_length=length), batch=3, seed=2)
     reference = _reference_with_text_embedding(state_dict, expected_embedding)

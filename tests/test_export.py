@@ -15,6 +15,10 @@ from clipkit import export
 from clipkit.errors import ExportError
 
 
+#: the random test files have no config beside them: guessed fields are expected here
+pytestmark = pytest.mark.filterwarnings("ignore::clipkit.errors.AssumptionWarning")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("export")
