@@ -148,7 +148,7 @@ def _preprocessing(fields: _Fields, directory: Path | None, resolution: int) -> 
         if not isinstance(size, dict) or (size.get("height"), size.get("width")) != (resolution, resolution):
             raise refuse("size", f"{size} is not the model's {resolution}x{resolution} input (SigLIP's fixed-"
                          "resolution towers take a squash resize to their resolution)")
-    convention = "SigLIP's preprocessing (mean and std 0.5, bicubic)"
+    convention = "SigLIP's preprocessing (squash to the square, mean and std 0.5, bicubic)"
     half = (0.5, 0.5, 0.5)  # also SiglipImageProcessor's defaults, for a file that leaves them out
     fields.setting("image_mean", config, path, prefix + "image_mean", half, convention, config_default=half)
     fields.setting("image_std", config, path, prefix + "image_std", half, convention, config_default=half)
@@ -159,6 +159,12 @@ def _preprocessing(fields: _Fields, directory: Path | None, resolution: int) -> 
         raise UnsupportedConfigError(f"{path}: resample {code!r} is not a PIL resampling code (0-5)",
                                      field="resample", path=str(path))
     fields.values["interpolation"] = names[code]
+    if config is not None:
+        fields.set("resize_mode", "squash", Provenance.config(path, prefix + "size"))
+    else:
+        fields.set("resize_mode", "squash", Provenance.convention(convention))
+    fields.set("fill_color", 0, Provenance.unused("SigLIP squashes the image to the square: nothing is padded"))
+    fields.set("resize_to", None, Provenance.unused("SigLIP squashes the image to the square: nothing is cropped"))
 
 
 def _tokenizer(fields: _Fields, directory: Path | None) -> None:

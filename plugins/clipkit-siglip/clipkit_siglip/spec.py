@@ -70,6 +70,14 @@ def _heads_divide(width_field: str):
     return check
 
 
+def _squash(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value != "squash":
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name}={value!r}: SigLIP's fixed-resolution towers take the whole "
+            "image squashed to their square input ('squash'); clipkit-siglip does not crop or pad"
+        )
+
+
 def _optional_str(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be a string or None, got {value!r}")
@@ -82,7 +90,8 @@ class SiglipSpec(ArchSpec):
     Sizes are read off the shapes; ``*_heads``, ``*_act``, ``*_layer_norm_eps``
     come from ``config.json``; ``image_mean``, ``image_std`` and
     ``interpolation`` (a torchvision name) from ``preprocessor_config.json``.
-    ``tokenizer_dir`` is the directory holding the tokenizer files and
+    ``resize_mode`` is always ``"squash"`` (no crop, no padding, so
+    ``fill_color`` and ``resize_to`` are unused). ``tokenizer_dir`` is the directory holding the tokenizer files and
     ``tokenizer_class`` what ``tokenizer_config.json`` names (``None`` when
     there are none). The model's logits are sigmoid logits (``score``).
     """
@@ -107,6 +116,7 @@ class SiglipSpec(ArchSpec):
     image_mean: tuple[float, ...] = attrs.field(default=(0.5, 0.5, 0.5), converter=_floats, validator=_triple)
     image_std: tuple[float, ...] = attrs.field(default=(0.5, 0.5, 0.5), converter=_floats, validator=_triple)
     interpolation: str = attrs.field(default="bicubic", validator=_interpolation)
+    resize_mode: str = attrs.field(default="squash", validator=_squash)
     tokenizer_dir: str | None = attrs.field(default=None, validator=_optional_str)
     tokenizer_class: str | None = attrs.field(default=None, validator=_optional_str)
 
