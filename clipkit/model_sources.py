@@ -13,7 +13,7 @@ release table carries an ordered list of sources (``ModelSource.url`` then
    ``HF_HUB_OFFLINE`` for Hub sources) this is the only pass.
 2. **Then each source in order over the network.** A failure that will not heal
    (404/410, a host name that does not resolve, a refused TLS handshake, access
-   denied, a checksum mismatch, a missing optional dependency) moves on to the
+   denied, a checksum mismatch, ``clipkit[hub]`` not installed) moves on to the
    next source at once; a transient one (connection reset, 5xx, 429) has first
    been retried by the fetcher (``CLIPKIT_MAX_RETRIES``). When every source
    fails, one error lists each source and why.
@@ -163,6 +163,12 @@ def _reason(exc: BaseException) -> str:
 _MOVE_ON = (FetchError, ChecksumError, ConfigurationError)
 
 
+def _moves_on(candidate: Candidate, exc: BaseException) -> bool:
+    """Whether ``exc`` from ``candidate`` lets the next source be tried. A ``ConfigurationError`` does only for a Hub
+    source (``clipkit[hub]`` missing): for the URLs it is the caller's setting (``storage_options``, the mirror) to fix."""
+    return not isinstance(exc, ConfigurationError) or is_hub_source(candidate.source)
+
+
 def fetch_named(
     name: str,
     entry: ModelSource,
@@ -200,6 +206,10 @@ def fetch_named(
                 try:
                     path = call(candidate, where)
                 except _MOVE_ON as exc:
+                    if not _moves_on(candidate, exc):
+                        raise
+                    if isinstance(exc, ChecksumError):  # a cached copy changed since it was verified: removed
+                        _log.warning("%s: %s", name, _reason(exc))
                     attempts.append(Attempt(redact_url(candidate.source), f"not cached in {where}: {_reason(exc)}"))
                     continue
                 if path is not None:
@@ -214,6 +224,8 @@ def fetch_named(
         try:
             path = call(candidate, cache_dir)
         except _MOVE_ON as exc:
+            if not _moves_on(candidate, exc):
+                raise
             network.append(Attempt(redact_url(candidate.source), _reason(exc)))
             _log.info("%s: %s failed (%s); trying the next source", name, redact_url(candidate.source), _reason(exc))
             continue

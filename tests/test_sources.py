@@ -287,3 +287,23 @@ def test_the_command_shows_sources_and_which_served(point_release, cdn, hub, rel
     out = capsys.readouterr().out
     assert f"weights from: {HUB_SOURCE} (cached copy)" in out
     assert "files read: open_clip_config.json, open_clip_model.safetensors: open_clip layout" in out
+
+
+def test_a_bad_setting_for_the_original_is_reported_not_skipped(point_release, cdn, hub, release) -> None:
+    """storage_options the https transport does not understand are the caller's to fix: no silent fallback."""
+    from clipkit.errors import ConfigurationError
+
+    point_release(cdn.base_url + "/clip/models")
+    hub.add_repo(HUB_REPO, release.hub_files)
+    with pytest.raises(ConfigurationError, match="storage_options"):
+        clipkit.load(NAME, device="cpu", storage_options={"anon": True})
+    assert hub.requests == []
+
+
+def test_without_huggingface_hub_the_hub_copies_are_listed_with_the_extra(point_release, cdn, monkeypatch) -> None:
+    import sys
+
+    point_release(cdn.base_url + "/clip/models")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(SourcesExhaustedError, match=r"clipkit\[hub\]"):
+        clipkit.load(NAME, device="cpu")
