@@ -86,18 +86,10 @@ class CLIPConfig:
         """The ``clipkit`` spec a detector should infer for this architecture (imports clipkit's spec classes)."""
         from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 
-        common = dict(
-            image_resolution=self.image_resolution,
-            embed_dim=self.embed_dim,
-            context_length=self.context_length,
-            vocab_size=self.vocab_size,
-            text_width=self.text_width,
-            text_layers=self.text_layers,
-            text_heads=self.text_heads,
-            quick_gelu=quick_gelu,
-            vision_width=self.vision_width,
-            vision_heads=self.vision_heads,
-        )
+        shared = ("image_resolution", "embed_dim", "context_length", "vocab_size", "text_width", "text_layers",
+                  "text_heads", "vision_width", "vision_heads")
+        common = {name: getattr(self, name) for name in shared}
+        common["quick_gelu"] = quick_gelu
         if self.family == "resnet":
             return ResNetSpec(vision_layers=tuple(self.vision_layers), **common)
         return ViTSpec(vision_layers=self.vision_layers, vision_patch_size=self.vision_patch_size, **common)
@@ -285,14 +277,10 @@ def make_state_dict(
 
 # -- the conformance kit's samples ---------------------------------------------------------------
 
-_KIT_VIT = CLIPConfig(
-    "kit-vit", embed_dim=16, image_resolution=16, vision_layers=1, vision_width=32, vision_patch_size=8,
-    context_length=8, vocab_size=64, text_width=32, text_layers=1,
-)
-_KIT_RESNET = CLIPConfig(
-    "kit-resnet", embed_dim=16, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,
-    vision_patch_size=None, context_length=8, vocab_size=64, text_width=32, text_layers=1,
-)
+_KIT_TEXT = dict(embed_dim=16, context_length=8, vocab_size=64, text_width=32, text_layers=1)
+_KIT_VIT = TINY_VIT.with_(name="kit-vit", image_resolution=16, vision_layers=1, vision_width=32, **_KIT_TEXT)
+_KIT_RESNET = TINY_RESNET.with_(name="kit-resnet", image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,
+                                **_KIT_TEXT)
 
 
 def openai_vit_state_dict(*, seed: int = 0) -> dict[str, torch.Tensor]:
