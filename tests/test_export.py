@@ -121,3 +121,19 @@ def test_a_resnet_has_no_transformers_layout(files, tmp_path):
     with pytest.raises(ExportError, match="ViT image tower only"):
         export.to_transformers(_load(files["resnet"]), tmp_path / "hf")
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())
+
+
+def test_a_transformers_folder_loads_one_tower_or_at_another_size(files, tmp_path):
+    model = _load(files["vit"])
+    folder = export.to_transformers(model, tmp_path / "hf")
+    images, tokens = sample_images(TINY_VIT, batch=2, seed=6), sample_tokens(TINY_VIT, batch=2, seed=6)
+    image_tower, text_tower = _load(folder, tower="image"), _load(folder, tower="text")
+    resized_here, resized_there = _load(files["vit"], image_resolution=48, context_length=20), _load(
+        folder, image_resolution=48, context_length=20)
+    big = sample_images(TINY_VIT.with_(image_resolution=48), batch=2, seed=6)
+    long = sample_tokens(TINY_VIT.with_(context_length=20), batch=2, seed=6)
+    with torch.no_grad():  # transposed projections: the same numbers up to the matmul kernel's rounding
+        torch.testing.assert_close(image_tower.encode_image(images), model.encode_image(images), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(text_tower.encode_text(tokens), model.encode_text(tokens), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(resized_there.encode_image(big), resized_here.encode_image(big), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(resized_there.encode_text(long), resized_here.encode_text(long), rtol=1e-5, atol=1e-6)

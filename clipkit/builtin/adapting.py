@@ -42,20 +42,27 @@ def _grid(spec: CLIPSpec, stride: int) -> tuple[int, int]:
 
 
 def resize_clip_state_dict(
-    state_dict: Mapping[str, torch.Tensor], spec: CLIPSpec, target: CLIPSpec, *, image_key: str
+    state_dict: Mapping[str, torch.Tensor],
+    spec: CLIPSpec,
+    target: CLIPSpec,
+    *,
+    image_key: str,
+    text_key: str = "positional_embedding",
 ) -> dict[str, torch.Tensor]:
-    """``state_dict`` (OpenAI layout) with the image grid embedding at ``image_key`` and the text one resized for ``target``.
+    """``state_dict`` with the image grid embedding at ``image_key`` and the text one at ``text_key`` resized for ``target``.
 
-    Entries the change does not concern are passed through (not read). Raises
-    ``ResizeError`` for a size that is not a multiple of the grid's stride.
+    The keys default to OpenAI's layout; a plugin with another layout passes
+    its own. Entries the change does not concern are passed through (not
+    read). Raises ``ResizeError`` for a size that is not a multiple of the
+    grid's stride.
     """
     adapted = dict(state_dict)
     stride = _stride(spec)
     new_grid = _grid(target, stride)
     if image_key in adapted and new_grid != _grid(spec, stride):
         adapted[image_key] = resize_grid_embedding(adapted[image_key], _grid(spec, stride), new_grid)
-    if "positional_embedding" in adapted and target.context_length != spec.context_length:
-        adapted["positional_embedding"] = resize_text_embedding(adapted["positional_embedding"], target.context_length)
+    if text_key in adapted and target.context_length != spec.context_length:
+        adapted[text_key] = resize_text_embedding(adapted[text_key], target.context_length)
     return adapted
 
 

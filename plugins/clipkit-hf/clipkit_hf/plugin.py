@@ -9,6 +9,7 @@ OpenAI's layout on the way in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 from clipkit import hookimpl
+from clipkit.builtin.adapting import resize_clip_state_dict
 from clipkit.builtin.vit import build_vit_clip
-from clipkit.nn import CLIP
+from clipkit.nn import CLIP, split_tower
 from clipkit_hf.convert import SIGNATURE, hf_to_openai, is_hf_clip
 from clipkit_hf.spec import HFCLIPSpec, infer_spec, read_config
 
@@ -54,3 +56,43 @@ def remap_transformers_keys(module: nn.Module, state_dict: dict[str, Any], prefi
         return
     own = {key[len(prefix):]: state_dict.pop(key) for key in list(state_dict) if key.startswith(prefix)}
     state_dict.update({prefix + key: value for key, value in hf_to_openai(own).items()})
+
+
+#: transformers' key prefixes of the tower that a tower-only load leaves out
+_OTHER_TOWER: dict[str, tuple[str, ...]] = {
+    "image": ("text_model.", "text_projection."),
+    "text": ("vision_model.", "visual_projection."),
+}
+
+
+@hookimpl
+def adapt_state_dict(
+    state_dict: Mapping[str, torch.Tensor], spec: Any, target: Any
+) -> dict[str, torch.Tensor] | None:
+    """Resize the position embeddings of a transformers-layout state dict for ``target`` (another size or length)."""
+    if not isinstance(spec, HFCLIPSpec):
+        return None
+    return resize_clip_state_dict(
+        state_dict, spec, target,
+        image_key="vision_model.embeddings.position_embedding.weight",
+        text_key="text_model.embeddings.position_embedding.weight",
+    )
+
+
+@hookimpl
+def select_tower(model: nn.Module, spec: Any, tower: str) -> nn.Module | None:
+    """One tower of an ``HFCLIPSpec`` model, loading from transformers' keys and leaving the other tower's unread."""
+    if not isinstance(spec, HFCLIPSpec):
+        return None
+    part = split_tower(model, tower)
+    part.register_load_state_dict_pre_hook(functools.partial(remap_one_tower, drop=_OTHER_TOWER[tower]))
+    return part
+
+
+def remap_one_tower(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any, drop: tuple[str, ...]) -> None:
+    """``load_state_dict`` pre-hook of a tower: drop the other tower's transformers keys (unread), rename the rest."""
+    if prefix + SIGNATURE[0] not in state_dict:
+        return
+    own = {key[len(prefix):]: state_dict.pop(key) for key in list(state_dict) if key.startswith(prefix)}
+    kept = {key: value for key, value in own.items() if not key.startswith(drop)}
+    state_dict.update({prefix + key: value for key, value in hf_to_openai(kept).items()})

@@ -191,4 +191,4 @@ def test_registered_through_its_entry_point():
     assert (entry.name, entry.value) == ("hf", "clipkit_hf.plugin")
     infos = {info.name: info for info in PluginRegistry().infos()}
     assert infos["hf"].origin == f"clipkit-hf {dist.version}"
-    assert infos["hf"].hooks == ("build_model", "detect_architecture")
+    assert infos["hf"].hooks == ("adapt_state_dict", "build_model", "detect_architecture", "select_tower")
