@@ -307,3 +307,28 @@ def test_without_huggingface_hub_the_hub_copies_are_listed_with_the_extra(point_
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(SourcesExhaustedError, match=r"clipkit\[hub\]"):
         clipkit.load(NAME, device="cpu")
+
+
+def test_transient_failures_are_retried_before_falling_back_and_410_is_not(point_release, cdn, hub, release,
+                                                                          monkeypatch) -> None:
+    url = point_release(cdn.base_url + "/clip/models")
+    path = f"/clip/models/{release.digest}/{FILE}"
+    hub.add_repo(HUB_REPO, release.hub_files)
+    monkeypatch.setenv("CLIPKIT_MAX_RETRIES", "2")
+    cdn.add(path, release.archive, status=503)
+    clipkit.load(NAME, device="cpu")
+    assert cdn.count(path) == 3 and sources.last_served(NAME).source == HUB_SOURCE  # 1 try + 2 retries
+    assert "503" in sources.last_served(NAME).attempts[0].outcome
+    cdn.add(path, release.archive, status=410)
+    monkeypatch.setenv("HF_HUB_CACHE", str(Path(os.environ["HF_HUB_CACHE"]) / "fresh"))  # no cached copy left
+    clipkit.load(NAME, device="cpu")
+    assert cdn.count(path) == 4 and url == sources.last_served(NAME).attempts[0].source
+
+
+def test_a_sha256_given_with_a_name_keeps_to_the_original_file(point_release, cdn, hub, release) -> None:
+    point_release(cdn.base_url + "/clip/models")
+    hub.add_repo(HUB_REPO, release.hub_files)
+    with pytest.raises(SourcesExhaustedError, match="pins the original file") as caught:
+        clipkit.load(NAME, device="cpu", sha256=release.digest)
+    assert [source for source, _ in caught.value.attempts][0] == HUB_SOURCE  # skipped, and says why
+    assert hub.requests == []
