@@ -77,17 +77,21 @@ def save_tokenizer(directory: Path, context: int = 16) -> SiglipTokenizer:
     return tokenizer
 
 
-def save_checkpoint(model: SiglipModel, directory: Path, *, resample: int = 3) -> SiglipProcessor:
-    """Save ``model`` as the Hub has SigLIP: weights, config, tokenizer and image processor; return the processor."""
-    resolution = model.config.vision_config.image_size
-    model.save_pretrained(directory)
-    tokenizer = save_tokenizer(directory, model.config.text_config.max_position_embeddings)
+def save_processor(directory: Path, *, context: int, resolution: int, resample: int = 3) -> SiglipProcessor:
+    """Save a ``SiglipProcessor`` (the trained SentencePiece tokenizer and an image processor) into ``directory``."""
     processor = SiglipProcessor(
         image_processor=SiglipImageProcessor(size={"height": resolution, "width": resolution}, resample=resample),
-        tokenizer=tokenizer,
+        tokenizer=save_tokenizer(directory, context),
     )
     processor.save_pretrained(directory)
     return processor
+
+
+def save_checkpoint(model: SiglipModel, directory: Path, *, resample: int = 3) -> SiglipProcessor:
+    """Save ``model`` as the Hub has SigLIP: weights, config, tokenizer and image processor; return the processor."""
+    model.save_pretrained(directory)
+    return save_processor(directory, context=model.config.text_config.max_position_embeddings,
+                          resolution=model.config.vision_config.image_size, resample=resample)
 
 
 def images(batch: int = 2, resolution: int = 32, seed: int = 0) -> torch.Tensor:
