@@ -1,5 +1,9 @@
 """The Ray engine: Ray Data reads the files, CPU tasks decode and preprocess, actors run the model.
 
+(On a cluster without GPUs the model actors are CPU actors, and each decodes
+its own batches: moving decoded pixels between processes that share the same
+CPUs would only add copies.)
+
 Each actor calls ``clipkit.load`` once; the actors of one node share clipkit's
 cache and its per-file lock, so the weights are downloaded once per node. The
 actors ask for a GPU each when the cluster has GPUs, else they run on CPUs.
@@ -24,6 +28,7 @@ from clipkit.errors import ConfigurationError
 
 MISSING = "FileNotFoundError: the file was not found when Ray Data listed the inputs"
 INSPECT_KEYWORDS = frozenset({"download_root", "sha256", "storage_options"})
+READ_CPUS = 0.25  # what a file-reading task asks for: it mostly waits on I/O
 
 
 def import_ray() -> Any:
@@ -61,14 +66,21 @@ class RayEncoder:
     """The stateful ``map_batches`` class: one ``Encoder`` (one ``clipkit.load``) per actor."""
 
     def __init__(self, model: str, device: str | None, dtype: str | None, load_kwargs: Mapping[str, Any],
-                 labels: Sequence[str] | None, templates: Sequence[str], top_k: int, threads: int | None) -> None:
+                 labels: Sequence[str] | None, templates: Sequence[str], top_k: int, threads: int | None,
+                 transform: Transform | None = None, side: int = 0) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.encoder = Encoder(model, device=device, dtype=dtype, load_kwargs=load_kwargs, labels=labels,
                                templates=templates, top_k=top_k)
+        self.transform, self.side = transform, side
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Embed a batch of ``pixels`` (rows with an ``error`` get zeros) or of ``text``; classify when asked to."""
+        """Embed a batch of ``pixels`` (rows with an ``error`` get zeros) or of ``text``; classify when asked to.
+
+        Given a ``transform``, the actor decodes raw files (``bytes``) itself first.
+        """
+        if "bytes" in batch:
+            batch = decode_batch(batch, self.transform, self.side)
         out = {key: batch[key] for key in batch if key not in ("pixels", "text")}
         if "text" in batch:
             features = self.encoder.encode_texts([str(text) for text in batch["text"]])
@@ -124,13 +136,23 @@ def _cluster(ray: Any, address: str | None) -> bool:
 
 
 def _actors(ray: Any, options: Any) -> tuple[dict[str, Any], str | None]:
-    """``map_batches`` resources for the model actors (one GPU each if the cluster has GPUs) and their device."""
+    """``map_batches`` resources for the model actors and their device.
+
+    With GPUs in the cluster: one GPU per actor, one actor per GPU by default.
+    Without: CPU actors (half the CPUs by default) sharing all CPUs but the
+    ``READ_CPUS`` kept for the file-reading tasks, so actors can never take every
+    CPU and starve the reads that feed them.
+    """
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
         size = options.actors or gpus
         return {"compute": ray.data.ActorPoolStrategy(size=size), "num_gpus": 1}, options.device or "cuda"
-    size = options.actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
-    return {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": 1}, options.device or "cpu"
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    size = options.actors or max(1, int(cpus) // 2)
+    share = min(1.0, (cpus - READ_CPUS) / size)
+    if share <= 0:
+        raise ConfigurationError(f"a Ray cluster with {cpus:g} CPUs cannot run {size} model actors and read files")
+    return {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": share}, options.device or "cpu"
 
 
 def run_ray(inputs: Inputs, assembler: ShardAssembler, options: Any, *, labels: Sequence[str] | None,
@@ -144,9 +166,8 @@ def run_ray(inputs: Inputs, assembler: ShardAssembler, options: Any, *, labels: 
         indices = assembler.pending_indices()
         compute, device = _actors(ray, options)
         constructor = dict(model=options.model, device=device, dtype=options.dtype, load_kwargs=options.load_kwargs,
-                           labels=labels, templates=templates, top_k=top_k, threads=compute.get("num_cpus"))
-        # On CPU-only clusters Ray fuses the decode tasks into the actors (same resources), which saves
-        # shipping pixels between processes; with GPU actors decoding stays on separate CPU tasks.
+                           labels=labels, templates=templates, top_k=top_k,
+                           threads=max(1, int(compute.get("num_cpus", 0))) if device == "cpu" else None)
         if inputs.kind == "text":
             dataset = ray.data.from_items([{"index": i, "text": inputs.items[i]} for i in indices])
             by_key = {i: [i] for i in indices}
@@ -158,9 +179,12 @@ def run_ray(inputs: Inputs, assembler: ShardAssembler, options: Any, *, labels: 
             for index, path in zip(indices, paths):
                 by_key.setdefault(path, []).append(index)
             dataset = ray.data.read_binary_files(list(by_key), include_paths=True, filesystem=filesystem,
-                                                 ignore_missing_paths=True)
-            dataset = dataset.map_batches(decode_batch, fn_kwargs={"transform": transform, "side": side},
-                                          batch_size=options.batch_size, batch_format="numpy")
+                                                 ignore_missing_paths=True, num_cpus=READ_CPUS)
+            if device == "cpu":  # CPU actors decode their own batches: the same CPUs, no pixels shipped between them
+                constructor.update(transform=transform, side=side)
+            else:
+                dataset = dataset.map_batches(decode_batch, fn_kwargs={"transform": transform, "side": side},
+                                              batch_size=options.batch_size, batch_format="numpy", num_cpus=1)
             key = "path"
         dataset = dataset.map_batches(RayEncoder, fn_constructor_kwargs=constructor, batch_size=options.batch_size,
                                       batch_format="numpy", **compute)
