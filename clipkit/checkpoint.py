@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from clipkit.errors import CheckpointError, CheckpointNotFoundError
-from clipkit.inputs import check_regular_file
+from clipkit.inputs import check_regular_file, check_source_argument
 from clipkit import torchfile
 from clipkit.limits import MAX_JSON_BYTES, inside, parse_json, read_json
 from clipkit.zipstore import LOCAL_HEADER
@@ -65,14 +65,17 @@ def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read the checkpoint at ``path`` (a file or a directory) into a flat ``{key: tensor}`` dict on the CPU.
 
-    Understands torch zip files (memory-mapped) and legacy pickles (both with
-    ``weights_only=True``), TorchScript archives (read as data, no code run),
+    Understands torch zip files (stored entries memory-mapped, compressed ones
+    inflated within budget) and legacy pickles (both read by clipkit's
+    restricted unpickler), TorchScript archives (read as data, no code run),
     safetensors (memory-mapped, zero copy), directories holding one checkpoint
     or safetensors shards, training wrappers (``state_dict``/``model`` keys) and
-    DDP ``module.`` prefixes. Raises ``CheckpointNotFoundError``,
-    ``CheckpointError`` (empty, truncated, not a checkpoint) or
+    DDP ``module.`` prefixes. Raises ``ConfigurationError`` for an empty path,
+    ``CheckpointNotFoundError``, ``CheckpointError`` (empty, truncated, not a
+    checkpoint, a FIFO/device/socket, over a limit of ``clipkit.limits``) or
     ``UnsafeCheckpointError`` (a pickle that asks for code).
     """
+    check_source_argument(path)
     path = Path(path)
     if not os.path.lexists(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")

@@ -6,7 +6,8 @@ checkpoint of the tiny ViT with numpy extras), a TorchScript archive (a
 scripted module tree), a safetensors file, a sharded safetensors folder with
 its index, an open_clip folder (``open_clip_config.json`` beside
 ``open_clip_model.safetensors``) and a transformers folder (``config.json``,
-``model.safetensors``, saved by transformers itself). Each loads cleanly; the
+``model.safetensors``, saved by transformers itself) and, when clipkit-siglip
+is installed, a SigLIP folder with its processor and tokenizer files. Each loads cleanly; the
 fuzzer checks that every mutation of it loads or raises a ``ClipkitError``.
 """
 
@@ -111,4 +112,21 @@ def build_seeds(root: Path) -> dict[str, Seed]:
     seeds["open_clip"] = Seed("open_clip", open_clip)
 
     seeds["transformers"] = Seed("transformers", _transformers_folder(root / "transformers"))
+    siglip = _siglip_folder(root / "siglip")
+    if siglip is not None:
+        seeds["siglip"] = Seed("siglip", siglip)
     return seeds
+
+
+def _siglip_folder(folder: Path) -> Path | None:
+    """A SigLIP folder as the Hub has it (config, weights, tokenizer, processor), when clipkit-siglip is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("clipkit_siglip") is None:
+        return None
+    reference = Path(__file__).resolve().parents[1] / "plugins" / "clipkit-siglip" / "tests" / "siglip_reference.py"
+    spec = importlib.util.spec_from_file_location("siglip_reference", reference)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.save_checkpoint(module.make_siglip(layers=1), folder)
+    return folder
