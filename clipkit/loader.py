@@ -29,7 +29,7 @@ from clipkit.errors import (
 from clipkit.fetching.hub import is_hub_source
 from clipkit.fetching.redact import redact_url
 from clipkit.inputs import check_regular_file, check_source_argument
-from clipkit.nn import cast_model
+from clipkit.nn import cast_model, skip_init_on_meta
 from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
 from clipkit.spec import ArchSpec, ModelSource, check_sha256
 
@@ -217,9 +217,9 @@ def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
 def build_model(
     spec: ArchSpec, *, registry: PluginRegistry | None = None, device: str | torch.device = "meta"
 ) -> torch.nn.Module:
-    """Build the module ``spec`` describes through ``build_model``, by default on the meta device (nothing allocated)."""
+    """Build the module ``spec`` describes through ``build_model``, by default on the meta device (nothing allocated or initialised)."""
     registry = registry or get_registry()
-    with torch.device(device):
+    with torch.device(device), skip_init_on_meta():
         model = registry.call_first("build_model", returns=(torch.nn.Module, "an nn.Module"), spec=spec)
     if model is None:
         raise ConfigurationError(

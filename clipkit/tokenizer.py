@@ -12,21 +12,26 @@ import functools
 import gzip
 import html
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
-import ftfy
-import regex
 import torch
 
 from clipkit.errors import ContextLengthError
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
-_SPLIT = regex.compile(
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-    regex.IGNORECASE,
-)
 _MERGE_COUNT = 49152 - 256 - 2
+
+
+@functools.lru_cache(maxsize=1)
+def _split_pattern() -> Any:
+    """CLIP's word-splitting expression (``regex``, imported here: ``import clipkit`` need not pay for it)."""
+    import regex
+
+    return regex.compile(
+        r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+        regex.IGNORECASE,
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,6 +48,8 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 def _clean(text: str) -> str:
+    import ftfy  # imported on first use, like ``regex``: ~0.1 s that loading a model does not need
+
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
     return " ".join(text.split())
@@ -96,7 +103,7 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (cleaned and lower-cased), without start/end tokens."""
         ids: list[int] = []
-        for piece in _SPLIT.findall(_clean(text).lower()):
+        for piece in _split_pattern().findall(_clean(text).lower()):
             word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[token] for token in self._bpe(word))
         return ids

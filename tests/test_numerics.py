@@ -284,19 +284,19 @@ def test_missing_and_unexpected_keys_still_fail_strict_loading():
 
 
 @pytest.mark.parametrize("config", [TINY_VIT, TINY_RESNET], ids=lambda c: c.name)
-def test_cast_model_keeps_norms_and_logit_scale_in_float32(config):
-    model = build_ours(make_state_dict(config))
+def test_cast_model_halves_exactly_what_the_reference_halves(config):
+    # OpenAI's convert_weights halves convolutions, linear layers, attention and the two projections; norms,
+    # embeddings and logit_scale stay float32: the dtypes of the official half-precision files
+    state_dict = make_state_dict(config, dtype=torch.float32)
+    reference = openai_clip().model.build_model(dict(state_dict)).state_dict()
+    model = build_ours(state_dict)
     params_before = {name: id(p) for name, p in model.named_parameters()}
     cast_model(model, torch.float16)
     assert {name: id(p) for name, p in model.named_parameters()} == params_before
-    for name, tensor in model.state_dict().items():
-        norm = ".ln_" in f".{name}" or "ln_final" in name or ".bn" in name or "downsample.1" in name
-        if name.endswith("num_batches_tracked"):
-            assert tensor.dtype == torch.int64, name
-        elif norm or name == "logit_scale":
-            assert tensor.dtype == torch.float32, name
-        else:
-            assert tensor.dtype == torch.float16, name
+    ours = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+    assert ours == {name: reference[name].dtype for name in ours}
+    assert {torch.float16, torch.float32} <= set(ours.values())
+    assert ours["logit_scale"] == ours["token_embedding.weight"] == torch.float32
     assert model.dtype == torch.float16
     with pytest.raises(ConfigurationError):
         cast_model(model, torch.int8)

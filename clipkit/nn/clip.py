@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from clipkit.errors import ConfigurationError
-from clipkit.nn.layers import LayerNorm, Transformer
+from clipkit.nn.layers import Embedding, LayerNorm, Transformer
 
 __all__ = ["CLIP", "TEXT_POOLS", "TEXT_PROJECTIONS", "drop_metadata", "encode_tokens"]
 
@@ -46,8 +46,8 @@ class CLIP(nn.Module):
     ``layer_scale``, ``norm_eps`` (also ``ln_final``'s), ``gelu_approximate``).
     """
 
-    #: kept float32 by ``clipkit.nn.cast_model`` (the reference never halves it)
-    fp32_parameters: tuple[str, ...] = ("logit_scale", "logit_bias")
+    #: kept float32 by ``clipkit.nn.cast_model`` (the reference never halves them)
+    fp32_parameters: tuple[str, ...] = ("logit_scale", "logit_bias", "positional_embedding")
 
     def __init__(
         self,
@@ -82,7 +82,7 @@ class CLIP(nn.Module):
         self.transformer = Transformer(
             text_width, text_layers, text_heads, quick_gelu=quick_gelu, causal=causal, **text_block
         )
-        self.token_embedding = nn.Embedding(vocab_size, text_width)
+        self.token_embedding = Embedding(vocab_size, text_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, text_width))
         self.ln_final = LayerNorm(text_width, eps=text_block.get("norm_eps", 1e-5))
         self.text_projection: nn.Module | nn.Parameter | None = None

@@ -19,6 +19,7 @@ from torch import nn
 from clipkit.errors import ConfigurationError
 
 __all__ = [
+    "Embedding",
     "LayerNorm",
     "LayerScale",
     "QuickGELU",
@@ -44,6 +45,18 @@ class LayerNorm(nn.LayerNorm):
         bias = self.bias.float() if self.bias is not None else None
         out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         return out.to(x.dtype)
+
+
+class Embedding(nn.Embedding):
+    """An ``nn.Embedding`` that stays float32 when the model is cast to half precision (``keep_fp32``).
+
+    The reference never halves its token embedding (its ``convert_weights``
+    halves only convolutions, linear layers, attention and the projections),
+    so official half-precision files hold it in float32; the text tower casts
+    the rows it looks up. Loading such a file in float16 then copies nothing.
+    """
+
+    keep_fp32 = True
 
 
 def pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -204,11 +217,12 @@ def cast_model(model: nn.Module, dtype: torch.dtype, device: torch.device | str 
     """Cast ``model``'s floating tensors to ``dtype`` (and move all to ``device``) in place, keeping norms float32.
 
     Stays float32 (when ``dtype`` is narrower): every tensor of a LayerNorm, BatchNorm or GroupNorm, of a
-    module whose class sets ``keep_fp32 = True``, and each parameter or buffer a
-    module names in its ``fp32_parameters`` (CLIP's ``logit_scale``). That is
-    the reference's half precision: its ``convert_weights`` halves convolutions,
-    linear layers, attention and projections, and the towers cast their inputs
-    to the weights' dtype. Integer buffers (``num_batches_tracked``) keep their
+    module whose class sets ``keep_fp32 = True`` (clipkit's token ``Embedding``), and each parameter or
+    buffer a module names in its ``fp32_parameters`` (CLIP's ``logit_scale``,
+    the positional and class embeddings). That is the reference's half
+    precision: its ``convert_weights`` halves convolutions, linear layers,
+    attention and projections, and the towers cast their inputs to the weights'
+    dtype; so an official half-precision file loads in float16 without a copy. Integer buffers (``num_batches_tracked``) keep their
     dtype. Each tensor is converted at most once (dtype and device together)
     and parameters keep their identity, so optimisers and hooks survive.
     """

@@ -79,6 +79,9 @@ class AttentionPool2d(nn.Module):
     ``k_proj``, ``v_proj`` and ``c_proj`` (``embed_dim -> output_dim``).
     """
 
+    #: kept float32 by ``clipkit.nn.cast_model`` (the reference never halves it)
+    fp32_parameters: tuple[str, ...] = ("positional_embedding",)
+
     def __init__(
         self, spacial_dim: int | tuple[int, int], embed_dim: int, num_heads: int, output_dim: int | None = None
     ) -> None:

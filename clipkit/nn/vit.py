@@ -57,6 +57,9 @@ class VisionTransformer(nn.Module):
     ``norm_eps`` also to ``ln_pre`` and ``ln_post``.
     """
 
+    #: kept float32 by ``clipkit.nn.cast_model`` (the reference never halves them)
+    fp32_parameters: tuple[str, ...] = ("class_embedding", "positional_embedding")
+
     def __init__(
         self,
         input_resolution: int | tuple[int, int],
