@@ -15,14 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clipkit import fetching
 from clipkit.hookspecs import hookimpl
 
-
-def _first_hand(source: str) -> bool:
-    """Whether ``source``'s scheme is one clipkit fetches first-hand (http(s), s3, file)."""
-    from clipkit import fetching  # imported when a URL is fetched: loading a local file never needs it
-
-    return fetching.url_scheme(source) in fetching.HTTP_SCHEMES | fetching.S3_SCHEMES | {"file"}
+FIRST_HAND_SCHEMES = fetching.HTTP_SCHEMES | fetching.S3_SCHEMES | {"file"}
 
 
 @hookimpl
@@ -30,9 +26,7 @@ def fetch_checkpoint(
     source: str, cache_dir: Path, sha256: str | None, storage_options: Mapping[str, Any] | None
 ) -> Path | None:
     """Fetch ``http(s)://``, ``s3://`` and ``file://`` sources; ``None`` for any other scheme."""
-    from clipkit import fetching
-
-    if not _first_hand(source):
+    if fetching.url_scheme(source) not in FIRST_HAND_SCHEMES:
         return None
     return fetching.fetch(source, cache_dir=cache_dir, sha256=sha256, storage_options=storage_options)
 
@@ -52,8 +46,6 @@ def fetch_with_fsspec(
     source: str, cache_dir: Path, sha256: str | None, storage_options: Mapping[str, Any] | None
 ) -> Path | None:
     """Fetch any other URL whose protocol fsspec knows; ``None`` for plain paths and unknown protocols."""
-    from clipkit import fetching
-
-    if _first_hand(source) or not fetching.is_fsspec_url(source):
+    if fetching.url_scheme(source) in FIRST_HAND_SCHEMES or not fetching.is_fsspec_url(source):
         return None
     return fetching.fetch(source, cache_dir=cache_dir, sha256=sha256, storage_options=storage_options)

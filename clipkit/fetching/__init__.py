@@ -11,21 +11,37 @@ digests, retries and the environment variables.
 
 from __future__ import annotations
 
-from clipkit.fetching.cache import META_DIR, PART_SUFFIX, cache_path, lock_path, record_path
-from clipkit.fetching.fetcher import fetch
-from clipkit.fetching.hashing import sha256_file, verify_file
-from clipkit.fetching.records import VerifiedRecord, forget, read_record
-from clipkit.fetching.settings import FetchSettings, cache_only, is_offline
-from clipkit.fetching.sources import (
-    HTTP_SCHEMES,
-    S3_SCHEMES,
-    ResolvedSource,
-    digest_in_path,
-    is_fsspec_url,
-    local_path_of,
-    resolve_digest,
-    url_scheme,
-)
+import importlib
+from typing import Any
+
+#: each public name and the stage module it lives in; a stage is imported when one of its names is first
+#: used, so ``import clipkit`` (and a local-file load) never imports the download machinery (filelock, ...)
+_STAGES: dict[str, str] = {
+    **dict.fromkeys(("META_DIR", "PART_SUFFIX", "cache_path", "lock_path", "record_path"), "cache"),
+    "fetch": "fetcher",
+    **dict.fromkeys(("sha256_file", "verify_file"), "hashing"),
+    **dict.fromkeys(("VerifiedRecord", "forget", "read_record"), "records"),
+    **dict.fromkeys(("FetchSettings", "cache_only", "is_offline"), "settings"),
+    **dict.fromkeys(
+        ("HTTP_SCHEMES", "S3_SCHEMES", "ResolvedSource", "digest_in_path", "is_fsspec_url", "local_path_of",
+         "resolve_digest", "url_scheme"),
+        "sources",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    stage = _STAGES.get(name)
+    if stage is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{stage}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_STAGES])
+
 
 __all__ = [
     "HTTP_SCHEMES",
