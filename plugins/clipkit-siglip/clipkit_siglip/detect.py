@@ -1,9 +1,8 @@
 """Reading a ``SiglipSpec`` off a transformers ``SiglipModel`` state dict and the files saved beside it.
 
-``infer_spec`` reads every
-size from shapes (``clipkit.shapes``) and settles the rest from ``config.json``,
-``preprocessor_config.json`` and the tokenizer files, recording each field's
-provenance. What clipkit-siglip cannot build — SigLIP 2's NaFlex (variable
+``infer_spec`` reads every size from shapes (``clipkit.shapes``) and settles
+the rest from ``config.json``, the image processor's config and the tokenizer
+files, recording each field's provenance. What clipkit-siglip cannot build — SigLIP 2's NaFlex (variable
 resolution) towers, a vision tower without its attention-pooling head, an
 unknown activation or preprocessing step — is an ``UnsupportedConfigError``
 naming the field, never an approximate load.

@@ -107,8 +107,8 @@ def make_tokenizer(spec: Any) -> SiglipTokenizer | None:
             f"{directory} ships a {spec.tokenizer_class or 'tokenizer.json'} tokenizer (SigLIP 2's Gemma tokenizer "
             f"has tokenizer.model / tokenizer.json); clipkit-siglip tokenizes with SigLIP's SentencePiece "
             f"{SPIECE} (SiglipTokenizer), which is missing. The model itself loads: tokenize with the tokenizer "
-            "shipped with it (transformers' AutoTokenizer, padding='max_length', max_length=64) and pass the ids "
-            "to model.encode_text",
+            "shipped with it (transformers' AutoTokenizer on lower-cased text, as SigLIP 2 was trained; "
+            "padding='max_length', max_length=64) and pass the ids to model.encode_text",
             field="tokenizer_class", path=str(directory / "tokenizer_config.json"),
         )
     return SiglipTokenizer(directory, context_length=spec.context_length, vocab_size=spec.vocab_size)
