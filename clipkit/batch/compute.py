@@ -23,12 +23,18 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 def score_kind(model: torch.nn.Module) -> str:
-    """``"sigmoid"`` for a model trained with a sigmoid loss (it has a non-None ``logit_bias``), else ``"softmax"``.
+    """``"sigmoid"`` for a model trained with a sigmoid loss, else ``"softmax"``.
+
+    A model says so with a ``score`` attribute (``"sigmoid"``/``"softmax"``);
+    without one, a non-None ``logit_bias`` means sigmoid.
 
     Softmax scores are a distribution over the given labels (they sum to 1);
     sigmoid scores are independent per-label probabilities
     ``sigmoid(logit_scale.exp() * cos + logit_bias)`` (SigLIP) and do not.
     """
+    declared = getattr(model, "score", None)
+    if declared in ("sigmoid", "softmax"):
+        return declared
     return "sigmoid" if getattr(model, "logit_bias", None) is not None else "softmax"
 
 
