@@ -21,6 +21,7 @@ import clipkit  # noqa: E402
 from clipkit import batch  # noqa: E402
 from clipkit.errors import ConfigurationError  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore::clipkit.errors.AssumptionWarning")  # tiny random checkpoints
 RUN = dict(device="cpu", batch_size=4, workers=2, shard_size=5, progress=False)
 
 
@@ -81,6 +82,7 @@ def test_a_resumed_run_skips_written_shards_and_writes_the_same_table(embedded, 
     dest = tmp_path / "resumed"
     shutil.copytree(embedded.dest, dest)
     (dest / "part-00001.parquet").unlink()  # as if the run had stopped while writing shard 1
+    (dest / ".part-00001.parquet.0badc0de.tmp").write_bytes(b"PAR1 half a shard")
     before = (dest / "part-00002.parquet").stat().st_mtime_ns
     result = batch.embed_images(photos, dest, model=checkpoint, **RUN)
     assert result.written == (1,) and result.skipped == (0, 2)

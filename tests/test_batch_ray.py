@@ -20,7 +20,7 @@ boto3 = pytest.importorskip("boto3")
 
 from clipkit import batch  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::clipkit.errors.AssumptionWarning")]
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 PHOTOS = 200
 

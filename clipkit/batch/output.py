@@ -90,6 +90,7 @@ class ShardStore:
                     f"{self.dest} holds the output of a different run (differs in: {', '.join(changed)}); "
                     "write to another --out folder, or delete this one to start over"
                 )
+            self._remove_temporaries()
             return
         if self.fs.exists(self.root) and self.fs.ls(self.root):
             raise ConfigurationError(
@@ -97,6 +98,14 @@ class ShardStore:
             )
         self.fs.makedirs(self.root, exist_ok=True)
         self._write_bytes(MANIFEST, json.dumps(dict(manifest), indent=2, sort_keys=True).encode())
+
+    def _remove_temporaries(self) -> None:
+        """Drop the temporary files of shards an interrupted run was writing (local DEST only)."""
+        if self.local:
+            for path in self.fs.ls(self.root, detail=False):
+                name = posixpath_name(path)
+                if name.startswith(".part-") and name.endswith(".tmp"):
+                    self.fs.rm(path)
 
     def done(self, shards: int) -> set[int]:
         """The shard numbers below ``shards`` already written by an earlier run."""

@@ -73,6 +73,8 @@ def _list_images(source: str, storage_options: Mapping[str, Any]) -> list[str]:
         found = fs.glob(root)
     elif fs.isdir(root):
         found = fs.find(root)
+    elif _extension(source) in IMAGE_EXTENSIONS and fs.isfile(root):
+        found = [root]
     else:
         raise ConfigurationError(
             f"{source!r} is not a folder, a glob, a caption file (.txt) or a table (.parquet/.csv); "
@@ -155,7 +157,7 @@ def read_source(
     """List the inputs of ``source`` in a stable order: the first step of every batch run.
 
     ``source`` is a local folder or an fsspec prefix (``s3://bucket/images/``;
-    every image file below it, recursively, sorted), a glob
+    every image file below it, recursively, sorted), one image file, a glob
     (``photos/*.jpg``), a ``.txt`` file of captions (one per non-empty line), or
     a ``.parquet`` / ``.csv`` / ``.tsv`` table whose ``column`` (default: the
     first of ``path``, ``url``, ``image``, ... or ``text``, ``caption``) holds

@@ -29,11 +29,18 @@ def _lines(path: str) -> list[str]:
         return [line.strip() for line in handle if line.strip()]
 
 
+def _protocol(location: str) -> str | None:
+    return location.split("://", 1)[0] if "://" in location else None
+
+
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    storage_options = _storage_options(args.storage_option)
+    same_store = _protocol(args.out) is not None and _protocol(args.out) == _protocol(args.source)
     return dict(model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 workers=args.workers, shard_size=args.shard_size, engine=args.engine, address=args.address,
                 actors=args.actors, progress=False if args.quiet else None, download_root=args.download_root,
-                column=args.column, id_column=args.id_column, storage_options=_storage_options(args.storage_option))
+                column=args.column, id_column=args.id_column, storage_options=storage_options,
+                dest_storage_options=storage_options if same_store else {})
 
 
 def _report(verb: str, result: Any) -> int:
@@ -86,7 +93,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--column", help="the table column holding image paths/URLs or captions")
     p.add_argument("--id-column", help="the table column to use as each row's id (default: the path or row number)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for reading SOURCE, e.g. endpoint_url=http://localhost:9000 (repeatable)")
+                   help="fsspec option for reading SOURCE (and writing --out on the same store), "
+                        "e.g. endpoint_url=http://localhost:9000 (repeatable)")
     p.add_argument("--download-root", help="model cache directory (default: $CLIPKIT_CACHE or ~/.cache/clip)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
