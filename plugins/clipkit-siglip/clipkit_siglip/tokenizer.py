@@ -82,19 +82,24 @@ class SiglipTokenizer:
         self.unk = config.get("unk_token", "<unk>")
         self.eos_id = self._special_id(config.get("eos_token", "</s>"), config)
         self.pad_id = self._special_id(config.get("pad_token", "</s>"), config)
-        # the special tokens a text is split on, with whether whitespace on their left/right is stripped
-        self.specials: dict[str, tuple[int, bool, bool]] = {}
-        for token in (config.get("eos_token", "</s>"), self.unk, config.get("pad_token", "</s>"),
-                      *map(_token_text, config.get("additional_special_tokens") or ())):
-            self.specials[token] = (self._special_id(token, config), *self._strips(token, config))
+        extras = [*(config.get("additional_special_tokens") or ()), *(config.get("extra_special_tokens") or ())]
+        #: the special tokens (a leading "▁" before one is dropped, as transformers does)
+        self.special_names = {config.get("eos_token", "</s>"), self.unk, config.get("pad_token", "</s>"),
+                              *map(_token_text, extras)}
+        # every token a text is split on (special and added ones), with its id and whether whitespace on its
+        # left/right is stripped
+        self.specials: dict[str, tuple[int, bool, bool]] = {
+            token: (self._special_id(token, config), *self._strips(token, config))
+            for token in [*self.special_names, *map(_token_text, (config.get("added_tokens_decoder") or {}).values())]
+        }
         pattern = "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True))
         self._split = re.compile(f"({pattern})")
         self._unk_length = len(self.sp.encode(self.unk, out_type=str))
-        too_big = [i for i in (self.eos_id, self.pad_id) if i >= vocab_size]
-        if too_big or self.sp.get_piece_size() > vocab_size:
+        largest = max(self.sp.get_piece_size() - 1, *(ids[0] for ids in self.specials.values()))
+        if largest >= vocab_size:
             raise ConfigurationError(
-                f"{self.path} has {self.sp.get_piece_size()} pieces (end id {self.eos_id}, pad id {self.pad_id}), "
-                f"more than the model's {vocab_size}-token vocabulary: it is not this checkpoint's tokenizer"
+                f"{directory}'s tokenizer has ids up to {largest} ({self.path.name}: {self.sp.get_piece_size()} "
+                f"pieces), more than the model's {vocab_size}-token vocabulary: it is not this checkpoint's tokenizer"
             )
 
     def _special_id(self, token: str, config: Mapping[str, Any]) -> int:
@@ -138,7 +143,7 @@ class SiglipTokenizer:
                 pieces.append(chunk)
             elif chunk:
                 pieces.extend(self._pieces(chunk))
-        if len(pieces) > 1 and pieces[0] == _UNDERLINE and pieces[1] in self.specials:
+        if len(pieces) > 1 and pieces[0] == _UNDERLINE and pieces[1] in self.special_names:
             pieces = pieces[1:]
         return [self.specials[p][0] if p in self.specials else self.sp.piece_to_id(p) for p in pieces]
 

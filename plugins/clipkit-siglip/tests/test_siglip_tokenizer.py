@@ -42,14 +42,17 @@ def test_ids_equal_transformers_on_a_varied_corpus(tokenizer_dir, length):
     assert got.dtype == torch.long and tuple(got.shape) == (len(ref.CORPUS), length)
 
 
-def test_legacy_false_and_kept_case_follow_the_tokenizer_config(tmp_path):
+def test_legacy_false_kept_case_and_extra_tokens_follow_the_tokenizer_config(tmp_path):
     directory = tmp_path / "tok"
     directory.mkdir()
     (directory / "spiece.model").write_bytes(ref.sentencepiece_model())
-    TransformersSiglipTokenizer(str(directory / "spiece.model"), legacy=False, do_lower_case=False).save_pretrained(directory)
+    TransformersSiglipTokenizer(str(directory / "spiece.model"), legacy=False, do_lower_case=False,
+                                additional_special_tokens=["<extra>"]).save_pretrained(directory)
     ours = SiglipTokenizer(directory, context_length=24, vocab_size=ref.VOCAB)
     assert not ours.lowercase
-    assert torch.equal(ours(list(ref.CORPUS)), reference_ids(directory, ref.CORPUS, 24))
+    texts = [*ref.CORPUS, "a cat <extra> on a mat", "<extra>", "x<extra>y </s> <extra>"]
+    assert torch.equal(ours(texts), reference_ids(directory, texts, 24))
+    assert ours(["<extra>"])[0, 0] == ours.sp.get_piece_size()  # the added token's own id, after the pieces
 
 
 def test_get_tokenizer_serves_a_loaded_model_and_a_source(siglip_registered, tmp_path):
@@ -67,5 +70,6 @@ def test_get_tokenizer_serves_a_loaded_model_and_a_source(siglip_registered, tmp
 
 
 def test_a_vocabulary_larger_than_the_model_is_refused(tokenizer_dir):
-    with pytest.raises(ConfigurationError, match="more than the model's 100-token vocabulary"):
-        SiglipTokenizer(tokenizer_dir, context_length=64, vocab_size=100)
+    pieces = SiglipTokenizer(tokenizer_dir, context_length=64, vocab_size=ref.VOCAB).sp.get_piece_size()
+    with pytest.raises(ConfigurationError, match=f"ids up to {pieces - 1} .* more than the model's 50-token vocabulary"):
+        SiglipTokenizer(tokenizer_dir, context_length=64, vocab_size=50)
