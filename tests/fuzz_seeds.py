@@ -122,9 +122,9 @@ def _siglip_folder(folder: Path) -> Path | None:
     """A SigLIP folder as the Hub has it (config, weights, tokenizer, processor), when clipkit-siglip is installed."""
     import importlib.util
 
-    if importlib.util.find_spec("clipkit_siglip") is None:
-        return None
     reference = Path(__file__).resolve().parents[1] / "plugins" / "clipkit-siglip" / "tests" / "siglip_reference.py"
+    if importlib.util.find_spec("clipkit_siglip") is None or not reference.is_file():
+        return None
     spec = importlib.util.spec_from_file_location("siglip_reference", reference)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,7 +11,8 @@ of peak RSS in KiB. A case that kills the child is reported as
 ``"crash:<signal or status>"``.
 
 Case fields: ``name``; ``call``: ``"read"`` (``read_state_dict(path)``),
-``"load"`` (``clipkit.load(source, device="cpu", **kwargs)``) or ``"inspect"``;
+``"load"`` (``clipkit.load(source, device="cpu", **kwargs)``), ``"inspect"``, or
+``"segfault"`` (crashes the child on purpose, to test the harness);
 ``source``; ``kwargs`` (optional).
 """
 
@@ -107,6 +108,10 @@ def _run_one(case: dict[str, Any]) -> tuple[str, str]:
             clipkit.load(case["source"], **{"device": "cpu", **kwargs})
         elif call == "inspect":
             clipkit.inspect(case["source"], **kwargs)
+        elif call == "segfault":  # the harness's own check: a crash must be seen, and the rest still run
+            import ctypes
+
+            ctypes.string_at(0)
         else:
             raise ValueError(f"unknown call {call!r}")
     except ClipkitError as exc:

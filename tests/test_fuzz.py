@@ -58,3 +58,12 @@ def test_json_plans_can_nest_beyond_the_limit(seeds, tmp_path: Path) -> None:
     out = fuzz.materialise(seeds["open_clip"], plan, tmp_path / "oc")
     text = (out / "open_clip_config.json").read_text()
     assert "[" * 2500 in text
+
+
+def test_the_sandbox_reports_a_crash_and_runs_the_rest(seeds) -> None:
+    from sandbox import run_cases
+
+    results = run_cases([{"name": "crash", "call": "segfault", "source": ""},
+                         {"name": "after", "call": "read", "source": str(seeds["safetensors"].path)}])
+    assert results["crash"]["outcome"] == "crash:signal 11" and results["crash"]["status"] == -11
+    assert results["after"]["outcome"] == "ok" and fuzz.is_failure(results["crash"])
