@@ -10,6 +10,7 @@ CPU to 1e-5.
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import attrs
@@ -207,6 +208,24 @@ def test_text_is_read_at_the_end_of_text_token_and_padding_is_irrelevant():
         assert_close(model.encode_text(changed_after_end), full, **TOL)
     assert_close(trimmed, full, **TOL)
     assert_close(as_int32, full, **TOL)
+
+
+def test_padding_after_the_last_end_token_is_not_computed_except_when_traced():
+    model = build_ours(make_state_dict(TINY_VIT, seed=15))
+    tokens = sample_tokens(TINY_VIT, 3, seed=16)
+    lengths: list[int] = []
+    model.transformer.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    with torch.no_grad():
+        eager = model.encode_text(tokens)
+        assert lengths == [int(tokens.argmax(dim=-1).max()) + 1] and lengths[0] < TINY_VIT.context_length
+        short = tokens.clone()
+        short[:, 3:] = 0
+        short[:, 2] = TINY_VIT.vocab_size - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            traced = torch.jit.trace_module(model, {"encode_text": short})  # on short prompts, run on longer ones
+        assert_close(traced.encode_text(tokens), eager, **TOL)
+    assert TINY_VIT.context_length in lengths[1:]  # the trace ran the full context
 
 
 def test_changing_a_token_before_the_end_changes_the_features():

@@ -187,12 +187,13 @@ def encode_tokens(text_tower: nn.Module, text: torch.Tensor, dtype: torch.dtype)
             f"text has {tokens} tokens but this model's context length is {context_length}; "
             f"tokenize with context_length={context_length}"
         )
-    x = text_tower.token_embedding(text).to(dtype)
+    read_at = pool_index(text, getattr(text_tower, "text_pool", "argmax"), getattr(text_tower, "eos_id", None))
+    tokens = _tokens_read(text_tower, read_at, tokens)
+    x = text_tower.token_embedding(text[:, :tokens]).to(dtype)
     x = x + text_tower.positional_embedding[:tokens].to(dtype)
     x = text_tower.transformer(x)
     x = text_tower.ln_final(x).to(dtype)
-    x = x[torch.arange(x.shape[0], device=x.device), pool_index(text, getattr(text_tower, "text_pool", "argmax"),
-                                                                getattr(text_tower, "eos_id", None))]
+    x = x[torch.arange(x.shape[0], device=x.device), read_at]
     projection = text_tower.text_projection
     if isinstance(projection, nn.Linear):
         return projection(x)
@@ -207,3 +208,18 @@ def pool_index(text: torch.Tensor, text_pool: str, eos_id: int | None) -> torch.
         return (text == eos_id).int().argmax(dim=-1)
     position = 0 if text_pool == "first" else text.shape[-1] - 1
     return torch.full(text.shape[:1], position, dtype=torch.long, device=text.device)
+
+
+def _tokens_read(text_tower: nn.Module, read_at: torch.Tensor, tokens: int) -> int:
+    """How many leading tokens the features read at ``read_at`` depend on: up to the last one read, if causal.
+
+    In a causal transformer a token sees only itself and the tokens before it,
+    so the padding after the batch's last end-of-text token changes nothing
+    that is read, and is not computed (prompts are usually a fraction of the
+    77-token context). The numbers are the same. While tracing or compiling
+    the full length is kept: the cut depends on the tokens' values.
+    """
+    causal = getattr(getattr(text_tower, "transformer", None), "causal", False)
+    if not causal or read_at.numel() == 0 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return tokens
+    return int(read_at.max()) + 1
