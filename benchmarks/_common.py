@@ -68,6 +68,42 @@ def checkpoint(name: str, cache_dir: Path, *, kind: str = "state_dict") -> Path:
     return path
 
 
+def hf_checkpoint(name: str, cache_dir: Path) -> Path | None:
+    """A transformers ``CLIPModel`` directory (``config.json`` + ``model.safetensors``) of ``checkpoint(name)``'s weights.
+
+    The same tensors in transformers' layout (``clipkit.export.transformers``)
+    and the same dtypes (the official fp16/fp32 mix), written on first use and
+    checked against ``CLIPModel``'s keys; ``None`` for a ResNet, which
+    transformers has no CLIP class for.
+    """
+    import torch
+
+    if factories().OFFICIAL_CONFIGS[name].family != "vit":
+        return None
+    target = cache_dir / f"{slug(name)}-hf"
+    if (target / "model.safetensors").exists():
+        return target
+    import clipkit
+    from clipkit.export.transformers import config, openai_to_transformers
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPModel
+
+    path = checkpoint(name, cache_dir)
+    state_dict = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    tensors = openai_to_transformers(state_dict)
+    hf_config = CLIPConfig.from_dict(config(clipkit.inspect(path)))
+    with torch.device("meta"):
+        expected = {k for k in CLIPModel(hf_config).state_dict() if not k.endswith("position_ids")}
+    if set(tensors) != expected:
+        raise RuntimeError(f"transformers layout mismatch: {sorted(set(tensors) ^ expected)[:8]}")
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    hf_config.save_pretrained(partial)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / "model.safetensors"))
+    partial.replace(target)
+    return target
+
+
 def openai_clip() -> types.ModuleType:
     """Import OpenAI's ``clip`` (openai-clip 1.0.1) the way the tests do (``tests/oracles.py``)."""
     return _tests_module("oracles").openai_clip()
@@ -99,13 +135,54 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def machine_summary() -> str:
-    """One line: CPU count, torch version and threads, Python, and the load average (benchmarks share the machine)."""
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device."""
     import torch
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    return torch.cuda.is_available()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as info:
+            return int(info.readline().split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine_info() -> dict[str, object]:
+    """The date (UTC) and the machine: CPU, cores, memory, GPU, torch, Python, load average (it may be shared)."""
+    import datetime
+
+    import torch
+
+    memory = _memory_gib()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} cores",
+        "memory": f"{memory:.0f} GiB" if memory else "?",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def machine_summary() -> str:
+    """One line: the date, CPU, memory, GPU, torch and Python versions and the load average (the machine is shared)."""
+    info = machine_info()
     return (
-        f"{platform.machine()} {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"Python {platform.python_version()}; load average {load[0]:.2f}"
-        + (f"; CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no CUDA")
+        f"{info['date']}; {info['cpu']}, {info['memory']} RAM; GPU: {info['gpu']}; torch {info['torch']}; "
+        f"Python {info['python']}; load average {info['load_average']}"
     )

@@ -1,11 +1,13 @@
-"""Inference throughput: clipkit vs open_clip vs OpenAI's model on the same weights, plus preprocessing.
+"""Inference throughput: clipkit vs open_clip, OpenAI's model and transformers on the same weights, plus preprocessing.
 
 For each model (random official-layout weights from ``tests/factories.py``)
-the three implementations are built from one state dict:
+the implementations are built from the same tensors:
 
 - ``clipkit``: ``clipkit.load(path, device=...)``;
 - ``open_clip``: ``open_clip.model.build_model_from_openai_state_dict(sd)`` (``.float()`` on the CPU);
-- ``openai``: ``clip.model.build_model(sd)`` (``.float()`` on the CPU), what ``clip.load(jit=False)`` returns.
+- ``openai``: ``clip.model.build_model(sd)`` (``.float()`` on the CPU), what ``clip.load(jit=False)`` returns;
+- ``transformers``: ``CLIPModel.from_pretrained(dir, attn_implementation="sdpa")`` on the same tensors in
+  transformers' layout (``get_image_features`` / ``get_text_features``; ViTs only).
 
 ``encode_image`` (images/s) and ``encode_text`` (texts/s) are timed at a few
 batch sizes under ``torch.inference_mode()``: warm-up calls first, then
@@ -17,16 +19,17 @@ is run in float16 with synchronisation around each call. Preprocessing is
 timed separately: each library's transform over the same decoded photos.
 
 Before timing, every implementation's outputs are compared with clipkit's
-(the largest absolute difference is printed), so the three compute the same
-thing.
+(the largest absolute difference is printed and tabled), so all compute the
+same thing.
 
-Run: ``python benchmarks/bench_inference.py [--models ViT-B/32 RN50] [--threads 2]``.
-Ratios are clipkit's throughput over the peer's (above 1: clipkit is faster).
+Run: ``python benchmarks/bench_inference.py [--models ViT-B/32 ViT-L/14 RN50] [--threads 2] [--json FILE]``.
+Ratios are clipkit's throughput over the fastest peer's (above 1: clipkit is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -41,7 +44,7 @@ import _common  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-IMPLS = ("clipkit", "open_clip", "openai")
+IMPLS = ("clipkit", "open_clip", "openai", "transformers")
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "horse.png", "motorcycle_left.png",
           "camera.png", "coins.png")
 PROMPTS = ("a photo of a cat.", "a cup of coffee on a wooden table", "an astronaut in a white suit",
@@ -61,8 +64,33 @@ def photos() -> list[Image.Image]:
     return images
 
 
-def build(impl: str, path: Path, state_dict: dict[str, torch.Tensor], device: torch.device):
-    """``(model, preprocess)`` of ``impl`` for the weights at ``path`` / in ``state_dict``, in eval mode on ``device``."""
+class TransformersCLIP(torch.nn.Module):
+    """transformers' ``CLIPModel`` behind ``encode_image`` / ``encode_text`` (its projected pooled features)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def _features(out: object) -> torch.Tensor:
+        return out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 returns the output object
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model.get_image_features(pixel_values=images))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model.get_text_features(input_ids=tokens))
+
+
+def build(impl: str, name: str, path: Path, state_dict: dict[str, torch.Tensor], device: torch.device):
+    """``(model, preprocess)`` of ``impl`` for model ``name``'s weights at ``path`` / in ``state_dict``, eval, on ``device``."""
+    if impl == "transformers":
+        from transformers import CLIPModel
+
+        hf_dir = _common.hf_checkpoint(name, path.parent)
+        dtype = torch.float32 if device.type == "cpu" else torch.float16
+        model = CLIPModel.from_pretrained(hf_dir, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        return TransformersCLIP(model), None
     if impl == "clipkit":
         import clipkit
 
@@ -127,18 +155,19 @@ def agreement(models: dict, images: torch.Tensor, tokens: torch.Tensor) -> dict[
         }
 
 
-def bench_model(name: str, args: argparse.Namespace, device: torch.device, sizes: list[int]) -> list[list[str]]:
-    """Throughput rows for one model on ``device``."""
+def bench_model(name: str, args: argparse.Namespace, device: torch.device, sizes: list[int]) -> list[dict]:
+    """Throughput records for one model on ``device``: one per (call, batch size)."""
     import clipkit
 
     path = _common.checkpoint(name, args.cache_dir)
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    built = {impl: build(impl, path, state_dict, device) for impl in args.impls}
+    impls = [i for i in args.impls if i != "transformers" or _common.factories().OFFICIAL_CONFIGS[name].family == "vit"]
+    built = {impl: build(impl, name, path, state_dict, device) for impl in impls}
     models = {impl: model for impl, (model, _) in built.items()}
     preprocess = built["clipkit"][1]
     pixels = torch.stack([preprocess(image) for image in photos()]).to(device)
     tokens = clipkit.tokenize(list(PROMPTS)).to(device)
-    diffs = agreement(models, pixels[:2], tokens[:2])
+    diffs = agreement(models, pixels[:4], tokens[:4])
     print(f"{name} on {device}: max |features - clipkit's| " +
           ", ".join(f"{impl} {d:.2e}" for impl, d in diffs.items()), file=sys.stderr)
 
@@ -149,14 +178,27 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, sizes
                         args.warmup, args.repeats)
     texts = throughput(models, "encode_text", {s: repeat(tokens, s) for s in sizes}, device,
                        args.warmup, args.repeats)
-    rows = []
+    records = []
     dtype = "fp32" if device.type == "cpu" else "fp16"
     for what, table in (("encode_image", images), ("encode_text", texts)):
         for size in sizes:
-            base = table["clipkit", size]
-            rows.append([name, f"{device.type} {dtype}", what, size,
-                         *(f"{table[i, size]:.1f}" for i in args.impls),
-                         *(f"{base / table[i, size]:.2f}x" for i in args.impls if i != "clipkit")])
+            records.append({"model": name, "device": f"{device.type} {dtype}", "call": what, "batch": size,
+                            "items_per_s": {impl: table[impl, size] for impl in impls},
+                            "max_abs_diff": diffs})
+    return records
+
+
+def throughput_rows(records: list[dict], impls: list[str]) -> list[list[str]]:
+    """Table rows: items/s of each implementation and clipkit's over the fastest peer's."""
+    rows = []
+    for r in records:
+        rates = r["items_per_s"]
+        peers = {impl: rate for impl, rate in rates.items() if impl != "clipkit"}
+        fastest = max(peers, key=peers.get) if peers else None
+        rows.append([r["model"], r["device"], r["call"], r["batch"],
+                     *(f"{rates[i]:.1f}" if i in rates else "-" for i in impls),
+                     f"{rates['clipkit'] / peers[fastest]:.2f}x ({fastest})" if fastest else "-",
+                     f"{max(r['max_abs_diff'].values()):.1e}" if r["max_abs_diff"] else "-"])
     return rows
 
 
@@ -193,16 +235,19 @@ def bench_preprocess(args: argparse.Namespace) -> list[list[str]]:
 def main() -> None:
     """Parse arguments, run the CPU (and CUDA) throughput and the preprocessing benchmarks, print tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["ViT-B/32", "RN50"])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="CPU batch sizes")
+    parser.add_argument("--models", nargs="+", default=["ViT-B/32", "ViT-L/14", "RN50"])
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), help="clipkit and a subset of the peers")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="CPU batch sizes")
     parser.add_argument("--cuda-batch-sizes", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all CPUs)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA fp16 runs even when CUDA is available")
+    parser.add_argument("--no-preprocess", action="store_true", help="skip the preprocessing benchmark")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE)
+    parser.add_argument("--json", type=Path, help="write the records and the machine here (for report.py)")
     args = parser.parse_args()
-    args.impls = list(IMPLS)
+    args.impls = ["clipkit", *(i for i in args.impls if i != "clipkit")]
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
     print(_common.machine_summary(), file=sys.stderr)
@@ -210,22 +255,27 @@ def main() -> None:
     devices = [(torch.device("cpu"), args.batch_sizes)]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append((torch.device("cuda"), args.cuda_batch_sizes))
-    rows = []
+    records = []
     for device, sizes in devices:
         for name in args.models:
-            rows += bench_model(name, args, device, sizes)
-    peers = [i for i in args.impls if i != "clipkit"]
+            records += bench_model(name, args, device, sizes)
     headers = ["model", "device", "call", "batch", *(f"{i} /s" for i in args.impls),
-               *(f"clipkit vs {p}" for p in peers)]
+               "clipkit vs fastest peer", "max abs diff"]
     print(f"### Inference throughput (items/s, median of {args.repeats}; "
           f"torch.set_num_threads({args.threads}))\n")
-    print(_common.markdown_table(headers, rows))
+    print(_common.markdown_table(headers, throughput_rows(records, args.impls)))
     if not torch.cuda.is_available():
         print("\nCUDA fp16: skipped (no CUDA device)")
-    print(f"\n### Preprocessing (images/s, one process, median of {args.repeats})\n")
-    print(_common.markdown_table(["step", "input", *(f"{i} /s" for i in args.impls),
-                                  *(f"clipkit vs {p}" for p in peers)], bench_preprocess(args)))
+    if not args.no_preprocess:
+        peers = ["open_clip", "openai"]
+        print(f"\n### Preprocessing (images/s, one process, median of {args.repeats})\n")
+        print(_common.markdown_table(["step", "input", *(f"{i} /s" for i in ["clipkit", *peers]),
+                                      *(f"clipkit vs {p}" for p in peers)], bench_preprocess(args)))
     print(f"\n{_common.machine_summary()}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"benchmark": "inference", "threads": args.threads, "repeats": args.repeats,
+                                         "machine": _common.machine_info(), "records": records}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,42 +1,40 @@
-"""Checkpoint load time and peak memory: clipkit vs open_clip vs OpenAI's reference loader.
+"""Checkpoint load as a user's program sees it: clipkit vs the floor and every peer, each run a fresh interpreter.
 
-Every measurement is one fresh interpreter (this script with ``--child``), so
-imports, allocator state and page-cache effects are per run, as a user's
-program sees them. In the child, after ``import torch`` (not counted):
+Every measurement starts a new Python process (``_load_child.py``) that
+imports one loader and loads one checkpoint, exactly like a script a user
+runs; the runs of all loaders are interleaved (so drifting machine load hits
+them alike) and the median of ``--runs`` is reported. Per run:
 
-- ``import``: importing the library and torchvision (every loader's
-  preprocess needs it: the peers import it at import time, clipkit lazily at
-  its first load, so it is imported here for all alike), and for clipkit the
-  plugin discovery ``clipkit.plugins.get_registry()``;
-- ``load``: the call that turns the file into ``(model, preprocess)`` on the
-  CPU in float32;
-- ``peak dRSS``: the resident-memory high-water mark during the load minus the
-  resident size after the imports: the memory the load itself needed. On
-  Linux the mark is ``VmHWM``, reset after the imports (``/proc/self/clear_refs``);
-  ``getrusage(RUSAGE_SELF).ru_maxrss`` is not usable there, because it survives
-  ``execve``: a child starts with its parent's peak. Elsewhere ``ru_maxrss``
-  is the fallback.
+- *import*: importing the loader's library (after ``import torch``, reported
+  apart as *torch*);
+- *load*: the call that returns the model on the device: float32 on the CPU,
+  float16 on CUDA;
+- *whole*: from starting the process to the model being ready (interpreter
+  start, every import, the load);
+- *peak RSS*: the process's resident-memory high-water mark (``VmHWM``), and on
+  CUDA the peak GPU memory (``torch.cuda.max_memory_allocated``).
 
-Loaders (same file, same weights):
+Loaders (the same weights; random values in the exact official layout):
 
-- ``clipkit``: ``clipkit.load(path, device="cpu")``;
-- ``open_clip``: ``torch.load`` + ``open_clip.model.build_model_from_openai_state_dict(sd).float()``
-  + ``open_clip.image_transform``;
-- ``openai``: OpenAI's ``clip.load(path, device="cpu", jit=False)``. For a
-  plain state-dict file ``clip.load`` fails on current torch (its failed
-  ``torch.jit.load`` attempt leaves the shared file handle at the end, and the
-  fallback ``torch.load`` of that handle raises ``EOFError``), so for those
-  files the child runs the fallback branch itself: ``torch.load`` +
-  ``clip.model.build_model(sd).float()`` + ``clip.clip._transform``.
+- ``floor``: ``torch.load(path, mmap=True)`` and one cast per tensor: no model,
+  the least any loader must do;
+- ``clipkit``: ``clipkit.load(path, device=...)``;
+- ``open_clip``: ``open_clip.load_openai_model(path, device=...)`` plus its
+  ``image_transform``;
+- ``openai``: OpenAI's ``clip.load`` (for a plain state dict, which ``clip.load``
+  cannot read on current torch, its own fallback branch: ``torch.load`` +
+  ``clip.model.build_model`` + ``float()`` + ``_transform``);
+- ``transformers``: ``CLIPModel.from_pretrained(dir, dtype=..., attn_implementation="sdpa")``
+  on a ``save_pretrained``-style directory holding the same tensors as
+  ``model.safetensors`` (ViTs only: transformers has no ResNet CLIP).
 
-``--jit-archive`` benchmarks release-like TorchScript archives instead (made
-once with ``clipkit.jit.export_torchscript`` from OpenAI's fp16 model): clipkit
-with ``jit=False`` (weights read from the archive as data) and ``jit=True``,
-open_clip's ``load_openai_model``, and ``clip.load`` with ``jit=False`` and
-``jit=True``.
+``--device cuda`` measures the same on the GPU (float16); without a CUDA
+device it says so and exits cleanly. ``--jit-archive`` loads release-like
+TorchScript archives instead (clipkit with ``jit=False`` and ``jit=True``,
+open_clip, OpenAI's ``clip.load`` with ``jit=False`` and ``jit=True``).
+``--json`` writes every run and the medians for ``report.py`` (README table and plot).
 
-Run: ``python benchmarks/bench_load.py [--models RN50 ViT-B/32 ViT-L/14] [--runs 5]``.
-Ratios are the peer's number over clipkit's (above 1: clipkit is faster / smaller).
+Run: ``python benchmarks/bench_load.py --models ViT-L/14 RN50x64 --runs 5 --json benchmarks/results/load-cpu.json``.
 """
 
 from __future__ import annotations
@@ -53,242 +51,129 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-STATE_DICT_LOADERS = ("clipkit", "open_clip", "openai")
+HERE = Path(__file__).resolve().parent
+STATE_DICT_LOADERS = ("floor", "clipkit", "open_clip", "openai", "transformers")
 ARCHIVE_LOADERS = ("clipkit", "clipkit-jit", "open_clip", "openai", "openai-jit")
-LARGE_PARAMS = 200_000_000
+MEASURES = ("torch_s", "import_s", "load_s", "whole_s", "peak_rss_mib", "load_rss_mib", "peak_gpu_mib")
 
 
-# -- the child: one load in a fresh process -------------------------------------------------------
-
-
-def _proc_status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux: write 5 to clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_mib() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _import_loader(loader: str):
-    """Import what ``loader`` needs and return a function ``path -> (model, preprocess)``."""
-    import torchvision.transforms  # noqa: F401  every loader's preprocess needs it (clipkit imports it lazily)
-
-    if loader.startswith("clipkit"):
-        import clipkit
-        import clipkit.plugins
-
-        clipkit.plugins.get_registry()
-        jit = loader == "clipkit-jit"
-        return lambda path: clipkit.load(path, device="cpu", jit=jit)
-    if loader == "open_clip":
-        import open_clip
-        import torch
-        from open_clip.model import build_model_from_openai_state_dict
-
-        def load_open_clip(path):
-            if _is_archive(path):
-                model = open_clip.load_openai_model(path, device="cpu")
-            else:
-                state_dict = torch.load(path, map_location="cpu", weights_only=True)
-                model = build_model_from_openai_state_dict(state_dict).float()
-            return model, open_clip.image_transform(model.visual.image_size, is_train=False)
-
-        return load_open_clip
-    if loader.startswith("openai"):
-        import torch
-
-        clip = _common.openai_clip()
-        jit = loader == "openai-jit"
-
-        def load_openai(path):
-            if jit or _is_archive(path):
-                return clip.load(path, device="cpu", jit=jit)
-            # clip.load's state-dict branch (torch.load's default is weights_only=True there too)
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-            model = clip.model.build_model(state_dict).to("cpu")
-            model.float()
-            return model, clip.clip._transform(model.visual.input_resolution)
-
-        return load_openai
-    raise SystemExit(f"unknown loader {loader!r}")
-
-
-def _is_archive(path: str) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
-def child(loader: str, path: str) -> None:
-    """Time one import + load and print a ``RESULT {json}`` line."""
-    import warnings
-
-    import torch
-
-    warnings.simplefilter("ignore")
-    t0 = time.perf_counter()
-    load = _import_loader(loader)
-    t1 = time.perf_counter()
-    rss_after_imports = _proc_status_mib("VmRSS") or 0.0
-    reset = _reset_peak()
-    model, _preprocess = load(path)
-    t2 = time.perf_counter()
-    # ru_maxrss survives execve on Linux (a child starts with its parent's peak), so the
-    # per-process high-water mark VmHWM is read where it exists, reset after the imports
-    hwm = _proc_status_mib("VmHWM")
-    peak = hwm if hwm is not None else _maxrss_mib()
-    if isinstance(model, torch.jit.ScriptModule):
-        tensors = list(model.state_dict().values())
-    else:
-        tensors = list(model.parameters())
-    floating = [t for t in tensors if t.is_floating_point()]
-    result = {
-        "import_s": t1 - t0,
-        "load_s": t2 - t1,
-        "rss_after_imports_mib": rss_after_imports,
-        "peak_mib": peak,
-        "peak_delta_mib": peak - rss_after_imports,
-        "peak_source": ("VmHWM since imports" if reset else "VmHWM") if hwm is not None else "ru_maxrss",
-        "ru_maxrss_mib": _maxrss_mib(),
-        "params": sum(t.numel() for t in floating),
-        "dtypes": sorted({str(t.dtype) for t in floating}),
-        "type": type(model).__name__,
-    }
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-# -- the parent: runs children, aggregates, prints the table -----------------------------------------
-
-
-def run_child(loader: str, path: Path, threads: int | None = None) -> dict:
-    """Run one measurement in a fresh interpreter; a failed load returns ``{"error": ...}``."""
+def run_child(loader: str, path: Path, device: str, threads: int | None, timeout: float) -> dict:
+    """One fresh-interpreter measurement; a failed or timed-out load returns ``{"error": ...}``."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", loader, str(path)],
-        capture_output=True, text=True, timeout=1800, env=env,
-    )
+    command = [sys.executable, str(HERE / "_load_child.py"), loader, str(path), device, str(_common.REPO / "tests")]
+    started = time.time()
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT "):])
+            result["whole_s"] = result.pop("ready_at") - started
+            return result
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": last[:160]}
 
 
-def param_count(name: str) -> int:
-    """Parameters of official architecture ``name``, from shapes only (meta tensors)."""
-    config = _common.factories().OFFICIAL_CONFIGS[name]
-    return sum(t.numel() for t in _common.factories().make_state_dict(config, device="meta").values())
+def summarise(outcomes: list[dict]) -> dict:
+    """Medians of each measure over the successful runs (or the first error)."""
+    good = [o for o in outcomes if "error" not in o]
+    if not good:
+        return {"error": outcomes[0]["error"], "runs": len(outcomes)}
+    summary: dict = {"runs": len(good), "params": good[0]["params"], "dtypes": good[0]["dtypes"],
+                     "dynamo_imported": any(o["dynamo_imported"] for o in good)}
+    for key in MEASURES:
+        values = [o[key] for o in good if o.get(key) is not None]
+        summary[key] = _common.median(values) if values else None
+    return summary
 
 
-def fmt_ratio(value: float | None, base: float | None) -> str:
+def ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x" if value and base else "-"
 
 
+def table(summary: dict[tuple[str, str], dict], device: str) -> str:
+    """The markdown table: medians, each loader against the floor, and each peer against clipkit."""
+    memory = "peak GPU MiB" if device == "cuda" else "peak RSS MiB"
+    memory_key = "peak_gpu_mib" if device == "cuda" else "peak_rss_mib"
+    headers = ["model", "loader", "runs", "torch s", "import s", "load s", "whole s", memory,
+               "load vs floor", "whole vs floor", "memory vs floor", "load vs clipkit", "whole vs clipkit"]
+    rows = []
+    for (model, loader), s in summary.items():
+        if "error" in s:
+            rows.append([model, loader, s["runs"], *["-"] * (len(headers) - 4), f"failed: {s['error']}"])
+            continue
+        floor = summary.get((model, "floor"), {})
+        ours = summary.get((model, "clipkit"), {})
+        rows.append([
+            model, loader, s["runs"], f"{s['torch_s']:.2f}", f"{s['import_s']:.2f}", f"{s['load_s']:.2f}",
+            f"{s['whole_s']:.2f}", f"{s[memory_key]:.0f}",
+            ratio(s["load_s"], floor.get("load_s")), ratio(s["whole_s"], floor.get("whole_s")),
+            ratio(s[memory_key], floor.get(memory_key)),
+            ratio(s["load_s"], ours.get("load_s")), ratio(s["whole_s"], ours.get("whole_s")),
+        ])
+    return _common.markdown_table(headers, rows)
+
+
 def main() -> None:
-    """Parse arguments, prepare checkpoints, run every (model, loader) pair ``runs`` times interleaved, print tables."""
+    """Prepare the checkpoints, run every (model, loader) ``--runs`` times interleaved, print (and save) the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", nargs=2, metavar=("LOADER", "PATH"), help=argparse.SUPPRESS)
-    parser.add_argument("--models", nargs="+", default=["RN50", "ViT-B/32", "ViT-L/14"])
-    parser.add_argument("--loaders", nargs="+", help="subset of the loaders (default: all for the mode)")
+    parser.add_argument("--models", nargs="+", default=["ViT-L/14", "RN50x64"])
+    parser.add_argument("--loaders", nargs="+", help="a subset of the loaders (default: all for the mode)")
     parser.add_argument("--runs", type=int, default=5, help="fresh-process runs per (model, loader); median reported")
-    parser.add_argument("--runs-large", type=int, help=f"runs for models over {LARGE_PARAMS // 10**6}M parameters "
-                        "(default: --runs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the children (default: torch's default)")
-    parser.add_argument("--jit-archive", action="store_true", help="benchmark release-like TorchScript archives")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds before one run counts as failed")
+    parser.add_argument("--jit-archive", action="store_true", help="load release-like TorchScript archives")
     parser.add_argument("--cache-dir", type=Path, default=_common.DEFAULT_CACHE)
-    parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument("--json", type=Path, help="write every run, the medians and the machine here")
     args = parser.parse_args()
-    if args.child:
-        child(*args.child)
+    if args.device == "cuda" and not _common.cuda_available():
+        print("CUDA: skipped (no CUDA device on this machine)")
         return
 
     kind = "torchscript" if args.jit_archive else "state_dict"
-    if args.jit_archive:
-        try:
-            from clipkit.jit import export_torchscript  # noqa: F401
-        except ImportError:
-            sys.exit("--jit-archive needs clipkit.jit.export_torchscript, which this clipkit does not have")
     loaders = args.loaders or list(ARCHIVE_LOADERS if args.jit_archive else STATE_DICT_LOADERS)
-    paths = {}
+    files: dict[tuple[str, str], Path] = {}
     for name in args.models:
-        t = time.perf_counter()
-        paths[name] = _common.checkpoint(name, args.cache_dir, kind=kind)
-        print(f"checkpoint {name}: {paths[name]} ({paths[name].stat().st_size / 2**20:.0f} MiB, "
-              f"ready in {time.perf_counter() - t:.1f} s)", file=sys.stderr)
+        path = _common.checkpoint(name, args.cache_dir, kind=kind)
+        for loader in loaders:
+            if loader == "transformers":
+                hf = _common.hf_checkpoint(name, args.cache_dir)
+                if hf is not None:
+                    files[name, loader] = hf
+            else:
+                files[name, loader] = path
+        print(f"checkpoint {name}: {path} ({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
+    threads = f"OMP_NUM_THREADS={args.threads}" if args.threads else "torch's default threads"
+    print(f"{_common.machine_summary()}; {threads} per child", file=sys.stderr)
+    for (name, loader), path in files.items():  # untimed: byte-compile the libraries, warm the page cache
+        run_child(loader, path, args.device, args.threads, args.timeout)
 
-    threads = f"{args.threads} thread(s) per child" if args.threads else "torch's default threads per child"
-    print(f"{_common.machine_summary()}; {threads}", file=sys.stderr)
-    first = paths[args.models[0]]
-    for loader in loaders:  # untimed: byte-compile the libraries, warm the page cache
-        run_child(loader, first, args.threads)
+    runs: dict[tuple[str, str], list[dict]] = {key: [] for key in files}
+    for i in range(args.runs):
+        for (name, loader), path in files.items():  # interleaved
+            outcome = run_child(loader, path, args.device, args.threads, args.timeout)
+            runs[name, loader].append(outcome)
+            shown = outcome.get("error") or f"load {outcome['load_s']:.2f} s, whole {outcome['whole_s']:.2f} s"
+            print(f"  {name} {loader} run {i + 1}/{args.runs}: {shown}", file=sys.stderr)
 
-    results: dict[tuple[str, str], list[dict]] = {}
-    for name in args.models:
-        runs = args.runs_large if args.runs_large and param_count(name) > LARGE_PARAMS else args.runs
-        for i in range(runs):
-            for loader in loaders:  # interleaved, so drifting machine load hits every loader alike
-                outcome = run_child(loader, paths[name], args.threads)
-                results.setdefault((name, loader), []).append(outcome)
-                shown = "error" if "error" in outcome else f"{outcome['load_s']:.2f} s"
-                print(f"  {name} {loader} run {i + 1}/{runs}: {shown}", file=sys.stderr)
-
-    rows = []
-    summary: dict[tuple[str, str], dict] = {}
-    for (name, loader), outcomes in results.items():
-        good = [o for o in outcomes if "error" not in o]
-        if not good:
-            summary[name, loader] = {"error": outcomes[0]["error"], "runs": len(outcomes)}
-            continue
-        summary[name, loader] = {
-            key: _common.median([o[key] for o in good]) for key in ("import_s", "load_s", "peak_delta_mib")
-        } | {"runs": len(good), "params": good[0]["params"], "dtypes": good[0]["dtypes"]}
-    for (name, loader), s in summary.items():
-        base = summary.get((name, "clipkit"), {})
-        if "error" in s:
-            rows.append([name, loader, s["runs"], "-", "-", "-", "-", "-", "-", f"failed: {s['error']}"])
-            continue
-        total = s["import_s"] + s["load_s"]
-        base_total = base.get("import_s", 0) + base.get("load_s", 0) if "load_s" in base else None
-        params = "/".join(s["dtypes"]).replace("torch.", "")
-        rows.append([
-            name, loader, s["runs"], f"{s['import_s']:.2f}", f"{s['load_s']:.2f}", f"{total:.2f}",
-            f"{s['peak_delta_mib']:.0f}", fmt_ratio(s["load_s"], base.get("load_s")),
-            fmt_ratio(s["peak_delta_mib"], base.get("peak_delta_mib")), f"{s['params'] / 1e6:.1f}M {params}",
-        ])
-    headers = ["model", "loader", "runs", "import s", "load s", "total s", "peak dRSS MiB",
-               "load vs clipkit", "dRSS vs clipkit", "weights"]
-    print(f"### Checkpoint load ({'TorchScript archive' if args.jit_archive else 'fp16 state dict'}), "
-          f"median of fresh-process runs\n")
-    print(_common.markdown_table(headers, rows))
-    print(f"\n{_common.machine_summary()}; {threads}")
+    summary = {key: summarise(outcomes) for key, outcomes in runs.items()}
+    what = "TorchScript archive" if args.jit_archive else "official-layout fp16 state dict"
+    target = "CPU float32" if args.device == "cpu" else "CUDA float16"
+    print(f"### Load ({what} -> {target}), median of {args.runs} fresh processes, interleaved\n")
+    print(table(summary, args.device))
+    print(f"\n{_common.machine_summary()}; {threads} per child")
     if args.json:
-        args.json.write_text(json.dumps(
-            {f"{n} | {l}": {"runs": r, "median": summary[n, l]} for (n, l), r in results.items()}, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "load", "kind": kind, "device": args.device, "threads": args.threads,
+            "machine": _common.machine_info(),
+            "results": [{"model": name, "loader": loader, "median": summary[name, loader], "runs": outcomes}
+                        for (name, loader), outcomes in runs.items()],
+        }, indent=1))
 
 
 if __name__ == "__main__":
