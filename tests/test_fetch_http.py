@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from clipkit import fetching, releases
+from clipkit.fetching import download, settings
 from clipkit.errors import (
     AccessDeniedError,
     ChecksumError,
@@ -69,7 +70,7 @@ def tiny_is_official(monkeypatch: pytest.MonkeyPatch) -> None:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays the fetcher asked for (it does not actually sleep)."""
     delays: list[float] = []
-    monkeypatch.setattr(fetching.download, "_sleep", delays.append)
+    monkeypatch.setattr(settings, "_sleep", delays.append)
     return delays
 
 
@@ -267,7 +268,7 @@ def test_disk_full_leaves_nothing(server: LoopbackServer, tmp_path: Path, monkey
     def full(self: object, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fetching.download.PartFile, "write", full)
+    monkeypatch.setattr(download.PartFile, "write", full)
     with pytest.raises(FetchError, match="no space left in the cache directory") as info:
         fetching.fetch(server.url(PLAIN), cache_dir=tmp_path)
     assert not isinstance(info.value, PermissionError)

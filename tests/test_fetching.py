@@ -11,6 +11,7 @@ import fsspec
 import pytest
 
 from clipkit import fetching
+from clipkit.fetching import hashing
 from clipkit.errors import (
     CheckpointNotFoundError,
     ChecksumError,
@@ -246,7 +247,7 @@ def test_cache_hit_is_not_rehashed(tmp_path: Path, memory_url: str, monkeypatch:
     fs.rm(path)  # the source is gone: only the cache can answer now
     calls: list[Path] = []
     real = fetching.sha256_file
-    monkeypatch.setattr(fetching.hashing, "sha256_file", lambda p: calls.append(Path(p)) or real(p))
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(Path(p)) or real(p))
     assert fetching.fetch(memory_url, cache_dir=tmp_path, sha256=DIGEST) == first
     assert calls == []
     assert fetching.fetch(memory_url, cache_dir=tmp_path, sha256=DIGEST, force_verify=True) == first
@@ -275,7 +276,7 @@ def test_touched_but_unchanged_file_is_rehashed_once_and_kept(tmp_path: Path, me
     os.utime(cached, ns=(1, 1))
     calls: list[Path] = []
     real = fetching.sha256_file
-    monkeypatch.setattr(fetching.hashing, "sha256_file", lambda p: calls.append(Path(p)) or real(p))
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(Path(p)) or real(p))
     assert fetching.fetch(memory_url, cache_dir=tmp_path) == cached
     assert fetching.fetch(memory_url, cache_dir=tmp_path) == cached
     assert calls == [cached]  # once, then the refreshed record is trusted

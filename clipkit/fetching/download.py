@@ -7,8 +7,7 @@ import hashlib
 import os
 import secrets
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,9 @@ from clipkit.errors import ClipkitError, FetchError
 from clipkit.fetching.cache import NOT_WRITABLE, PART_SUFFIX, NotWritable, cache_error, lock_path, meta_dir
 from clipkit.fetching.hashing import checksum_error
 from clipkit.fetching.records import VerifiedRecord, write_record
-from clipkit.fetching.settings import FetchSettings
+from clipkit.fetching.settings import FetchSettings, back_off
 from clipkit.fetching.transports import Body, Transient, Transport
 
-# Indirection so tests can record the backoff delays instead of sleeping through them.
-_sleep: Callable[[float], None] = time.sleep
 
 
 def _new_part(target: Path) -> tuple[Path, int]:
@@ -105,7 +102,7 @@ def _stream(transport: Transport, part: PartFile, *, source: str, settings: Fetc
                     f"check the network or try again later",
                     source=source,
                 ) from None
-            _sleep(settings.backoff(failures, exc.retry_after))
+            back_off(settings.backoff(failures, exc.retry_after))
         finally:
             if body is not None:
                 with contextlib.suppress(Exception):

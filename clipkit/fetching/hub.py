@@ -154,9 +154,9 @@ def _translate(exc: BaseException, ref: HubRef, endpoint: str | None) -> Excepti
 
 def _with_retries(call: Callable[[], T], ref: HubRef, endpoint: str | None) -> T:
     """Run ``call``, retrying transient failures (connection, 408/429/5xx) with clipkit's backoff settings."""
-    from clipkit import fetching
+    from clipkit.fetching.settings import FetchSettings, back_off
 
-    settings = fetching.FetchSettings.from_env()
+    settings = FetchSettings.from_env()
     failures = 0
     while True:
         try:
@@ -166,7 +166,7 @@ def _with_retries(call: Callable[[], T], ref: HubRef, endpoint: str | None) -> T
                 raise
             if _is_transient(exc) and failures < settings.max_retries:
                 failures += 1
-                fetching.download._sleep(settings.backoff(failures))
+                back_off(settings.backoff(failures))
                 continue
             raise _translate(exc, ref, endpoint) from exc
 

@@ -7,7 +7,8 @@ import contextvars
 import os
 import random
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -15,6 +16,14 @@ import attrs
 from clipkit.errors import ConfigurationError
 
 FALSY = frozenset({"", "0", "false", "no", "off"})
+
+# Indirection so tests can record the backoff delays instead of sleeping through them.
+_sleep: Callable[[float], None] = time.sleep
+
+
+def back_off(seconds: float) -> None:
+    """Wait ``seconds`` before the next attempt (``FetchSettings.backoff`` says how long); every retry loop waits here."""
+    _sleep(seconds)
 
 
 def _env_number(name: str, default: float, *, minimum: float, integer: bool = False) -> Any:
