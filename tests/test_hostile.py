@@ -171,3 +171,29 @@ def test_an_integer_too_wide_to_print_is_refused_by_the_scan(tmp_path: Path) -> 
     path.write_bytes(data.replace(key, b"\x8b" + len(wide).to_bytes(4, "little") + wide, 1))
     with pytest.raises(CheckpointError, match="integer of 20001 bits"):
         read_state_dict(path)
+
+
+class _TensorWithState:
+    """Pickles as a tensor followed by BUILD with ``(storage, offset, size, stride)``: ``Tensor.__setstate__`` would
+    ``set_`` it to a stride-0 view of a million rows, past every check made when the tensor was rebuilt."""
+
+    def __init__(self, base: torch.Tensor) -> None:
+        self.base = base
+
+    def __reduce__(self):
+        from collections import OrderedDict
+
+        storage = self.base.untyped_storage()
+        return (torch._utils._rebuild_tensor_v2, (storage, 0, (4,), (1,), False, OrderedDict()),
+                (storage, 0, (1_000_000, 4), (0, 1)))
+
+
+def test_a_tensor_given_a_state_by_build_is_refused(tmp_path: Path) -> None:
+    from clipkit.checkpoint import read_state_dict
+    from clipkit.errors import CheckpointError
+
+    path = tmp_path / "build.pt"
+    torch.save({"w": _TensorWithState(torch.ones(4))}, path)
+    assert torch.load(path, weights_only=True)["w"].shape == (1_000_000, 4)  # what torch's own reader allows
+    with pytest.raises(CheckpointError, match="sets the state of a Tensor"):
+        read_state_dict(path)
