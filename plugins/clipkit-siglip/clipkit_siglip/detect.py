@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from clipkit import shapes
-from clipkit.errors import UnsupportedConfigError
+from clipkit.errors import CheckpointError, UnsupportedConfigError
 from clipkit.spec import Provenance
 from clipkit_siglip.files import read_json
 from clipkit_siglip.model import ACTIVATIONS
@@ -94,6 +94,9 @@ def _model_config(directory: Path | None) -> tuple[Path | None, dict[str, Any] |
     config = read_json(path)
     if config is None or not (config.get("model_type") in ("siglip", "siglip2") or "vision_config" in config):
         return None, None
+    for key in ("text_config", "vision_config"):
+        if not isinstance(config.get(key, {}), dict):
+            raise CheckpointError(f"{path}: {key} is {config[key]!r}, not an object; fix or delete the file")
     return path, config
 
 
@@ -141,8 +144,9 @@ def _preprocessing(fields: _Fields, directory: Path | None, resolution: int) -> 
             if config.get(flag, True) is not True:
                 raise refuse(flag, f"is {config[flag]!r}; clipkit-siglip's transform always resizes, rescales and "
                              "normalises")
-        if abs(float(config.get("rescale_factor", _RESCALE)) - _RESCALE) > 1e-9:
-            raise refuse("rescale_factor", f"{config['rescale_factor']} is not 1/255")
+        factor = config.get("rescale_factor", _RESCALE)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or abs(factor - _RESCALE) > 1e-9:
+            raise refuse("rescale_factor", f"{factor!r} is not 1/255")
         size = config.get("size", {"height": resolution, "width": resolution})
         if not isinstance(size, dict) or (size.get("height"), size.get("width")) != (resolution, resolution):
             raise refuse("size", f"{size} is not the model's {resolution}x{resolution} input (SigLIP's fixed-"
@@ -154,7 +158,7 @@ def _preprocessing(fields: _Fields, directory: Path | None, resolution: int) -> 
     code = fields.setting("interpolation", config, path, prefix + "resample", INTERPOLATIONS["bicubic"], convention,
                           config_default=INTERPOLATIONS["bicubic"])
     names = {number: name for name, number in INTERPOLATIONS.items()}
-    if code not in names:
+    if isinstance(code, bool) or not isinstance(code, int) or code not in names:
         raise UnsupportedConfigError(f"{path}: resample {code!r} is not a PIL resampling code (0-5)",
                                      field="resample", path=str(path))
     fields.values["interpolation"] = names[code]
@@ -248,7 +252,7 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], path: Path | None = None)
                        config_default=12)
         act = fields.setting(f"{tower}_act", settings, config_path, f"{tower}_config.hidden_act",
                              "gelu_pytorch_tanh", "SigLIP's tanh-approximated GELU", config_default="gelu_pytorch_tanh")
-        if act not in ACTIVATIONS:
+        if not isinstance(act, str) or act not in ACTIVATIONS:
             raise UnsupportedConfigError(
                 f"{config_path}: {tower}_config.hidden_act is {act!r}; clipkit-siglip runs {', '.join(ACTIVATIONS)}",
                 field=f"{tower}_config.hidden_act", path=str(config_path))

@@ -37,13 +37,36 @@ def _token_text(value: Any) -> str | None:
 
 
 def read_tokenizer_config(directory: Path) -> dict[str, Any]:
-    """``tokenizer_config.json`` with ``special_tokens_map.json`` under it, special tokens as plain strings."""
+    """``tokenizer_config.json`` with ``special_tokens_map.json`` under it, special tokens as plain strings.
+
+    A value of the wrong type (a token that is not text, ``added_tokens_decoder``
+    that is not an object of tokens) raises ``CheckpointError`` naming it.
+    """
     config = {**(read_json(directory / "special_tokens_map.json") or {}),
               **(read_json(directory / "tokenizer_config.json") or {})}
     for name in ("eos_token", "pad_token", "unk_token"):
         if name in config:
             config[name] = _token_text(config[name])
+            _check_text(directory, name, config[name])
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, Mapping):
+        raise CheckpointError(f"{directory}: added_tokens_decoder is {decoder!r}, not an object of tokens")
+    for key, entry in decoder.items():
+        _check_text(directory, f"added_tokens_decoder.{key}.content", _token_text(entry))
+        if not key.isdigit():
+            raise CheckpointError(f"{directory}: added_tokens_decoder has the id {key!r}, not a number")
+    for name in ("additional_special_tokens", "extra_special_tokens"):
+        tokens = config.get(name) or []
+        if not isinstance(tokens, list):
+            raise CheckpointError(f"{directory}: {name} is {tokens!r}, not a list of tokens")
+        for token in tokens:
+            _check_text(directory, name, _token_text(token))
     return config
+
+
+def _check_text(directory: Path, name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise CheckpointError(f"{directory}: tokenizer setting {name} is {value!r}, not a token's text")
 
 
 def _load_sentencepiece(path: Path, legacy: bool) -> Any:
