@@ -16,6 +16,7 @@ bytes can never be read as pointers. The stream is first bounded by
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import io
 import math
@@ -173,7 +174,14 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         return table
 
     def find_class(self, module: str, name: str) -> Any:
-        """The allowed object for ``module.name``; anything else is recorded as refused and becomes inert."""
+        """The allowed object for ``module.name``; anything else is recorded as refused and becomes inert.
+
+        Python 2 names (``__builtin__.set``, written by protocols 0-2) are mapped
+        to Python 3's first, as ``pickle`` itself does.
+        """
+        if self.proto < 3:
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         found = self._allowed.get((module, name))
         if found is not None:
             return found
@@ -339,10 +347,12 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
 
 
 def _plain(kind: Callable[..., Any]) -> Callable[..., Any]:
+    """``set``/``frozenset`` of an already-built list or tuple: nothing else (no iterators, no sizes)."""
+
     def build(items: Any = (), *rest: Any) -> Any:
-        if rest or isinstance(items, int) or not isinstance(items, (list, tuple, set, frozenset, bytes, str)):
+        if rest or not isinstance(items, (list, tuple, set, frozenset)):
             raise pickle.UnpicklingError(f"{kind.__name__} was called with unusual arguments")
-        return kind(items.encode("latin1") if isinstance(items, str) else items)
+        return kind(items)
 
     return build
 

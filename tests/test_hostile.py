@@ -137,15 +137,18 @@ def test_a_legacy_file_reads_the_same_weights_torch_reads(tmp_path: Path) -> Non
     assert all(torch.equal(ours[key], value) for key, value in reference.items()) and list(ours) == list(reference)
 
 
-def test_plain_numpy_values_in_a_training_checkpoint_still_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True])
+def test_plain_values_in_a_training_checkpoint_still_load(tmp_path: Path, legacy: bool) -> None:
     import numpy as np
 
     from clipkit.checkpoint import read_state_dict
 
     path = tmp_path / "train.pt"
     extras = {"epoch": np.int64(3), "loss": np.float32(0.5), "curve": np.arange(6.0).reshape(2, 3),
-              "flags": np.array([True, False]), "z": np.array([1 + 2j], dtype=">c16")}
-    torch.save({"state_dict": hostile.state_dict(), **extras}, path)
+              "flags": np.array([True, False]), "z": np.array([1 + 2j], dtype=">c16"), "seen": {1, 2},
+              "frozen": frozenset([3]), "raw": bytearray(b"xy"), "window": slice(1, 2), "c": 1 + 2j,
+              "size": torch.Size([2, 3]), "device": torch.device("cpu"), "dtype": torch.float16}
+    torch.save({"state_dict": hostile.state_dict(), **extras}, path, _use_new_zipfile_serialization=not legacy)
     ours = read_state_dict(path)
     assert set(ours) == set(factories.make_state_dict(factories.TINY_VIT))
 
