@@ -159,8 +159,8 @@ def _preprocessing(fields: _Fields, directory: Path | None, resolution: int) -> 
                           config_default=INTERPOLATIONS["bicubic"])
     names = {number: name for name, number in INTERPOLATIONS.items()}
     if isinstance(code, bool) or not isinstance(code, int) or code not in names:
-        raise UnsupportedConfigError(f"{path}: resample {code!r} is not a PIL resampling code (0-5)",
-                                     field="resample", path=str(path))
+        raise UnsupportedConfigError(f"{path}: {prefix}resample {code!r} is not a PIL resampling code (0-5)",
+                                     field=prefix + "resample", path=str(path))
     fields.values["interpolation"] = names[code]
     if config is not None:
         fields.set("resize_mode", "squash", Provenance.config(path, prefix + "size"))

@@ -9,6 +9,7 @@ features and on both (sigmoid) logits.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -201,3 +202,27 @@ def test_another_input_size_and_one_tower_match_transformers(tmp_path):
 
     with pytest.raises(ResizeError, match="reads the last position of a text padded to its full context"):
         clipkit.load(tmp_path / "siglip", device="cpu", context_length=8)
+
+
+def test_config_values_of_the_wrong_type_are_typed_errors(tmp_path):
+    from clipkit.errors import CheckpointError
+
+    ref.save_checkpoint(ref.make_siglip(layers=1, seed=15), tmp_path / "siglip")
+
+    def with_value(name, path, value):
+        folder = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tmp_path / "siglip", folder)
+        doc = json.loads((folder / name).read_text())
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        (folder / name).write_text(json.dumps(doc))
+        return folder
+
+    with pytest.raises(CheckpointError, match="text_config is -1, not an object"):
+        clipkit.inspect(with_value("config.json", ["text_config"], -1))
+    with pytest.raises(UnsupportedConfigError, match=r"image_processor.resample \[\] is not a PIL resampling code"):
+        clipkit.inspect(with_value("processor_config.json", ["image_processor", "resample"], []))
+    with pytest.raises(CheckpointError, match="tokenizer setting eos_token is 5, not a token's text"):
+        clipkit.get_tokenizer(with_value("tokenizer_config.json", ["eos_token"], 5))
