@@ -164,7 +164,8 @@ def preflight(path: str | os.PathLike[str]) -> None:
                     )
                 budget.charge_inflation(info.filename, info.file_size)
             if info.filename.endswith(".pkl"):
-                scan_pickle(read_entry(zf, info.filename, path, limit=MAX_PICKLE_BYTES), what=f"{path}: {info.filename}")
+                data = read_entry(zf, info.filename, path, limit=MAX_PICKLE_BYTES)
+                scan_pickle(data, what=f"{path}: {info.filename}")
 
 
 def split_metadata(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:

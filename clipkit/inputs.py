@@ -29,7 +29,8 @@ def check_source_argument(source: Any) -> None:
     """Refuse a ``source`` that is not a string or path, or is an empty or blank string, with ``ConfigurationError``."""
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigurationError(
-            f"source must be a model name, a path or a URL (str or os.PathLike), got {type(source).__name__} {source!r:.80}"
+            "source must be a model name, a path or a URL (str or os.PathLike), "
+            f"got {type(source).__name__} {source!r:.80}"
         )
     text = os.fspath(source)
     if isinstance(text, bytes):

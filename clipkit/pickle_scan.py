@@ -66,7 +66,8 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
         raise
     except (ValueError, IndexError, KeyError, EOFError) as exc:
         raise CheckpointError(
-            f"{what} could not be read as data: it is not a well-formed pickle ({exc}); the file is truncated or damaged"
+            f"{what} could not be read as data: it is not a well-formed pickle ({exc}); "
+            "the file is truncated or damaged"
         ) from exc
     return stream.tell() - start
 

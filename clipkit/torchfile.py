@@ -58,7 +58,7 @@ def check_byteorder(zf: zipfile.ZipFile, prefix: str, path: Path) -> None:
 
 
 def read_torch_zip(path: Path) -> Any:
-    """Unpickle the ``torch.save`` zip at ``path``: tensors as views of its stored entries, or inflated within budget."""
+    """Unpickle the ``torch.save`` zip at ``path``: tensors as views of stored entries, or inflated within budget."""
     with open_zip(path) as zf:
         prefix = zip_prefix(zf, path)
         check_byteorder(zf, prefix, path)

@@ -17,7 +17,6 @@ bytes can never be read as pointers. The stream is first bounded by
 from __future__ import annotations
 
 import _compat_pickle
-import codecs
 import io
 import math
 import pickle
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import torch
 
+from clipkit import pickle_values
 from clipkit.errors import CheckpointError, UnsafeCheckpointError
 from clipkit.limits import TensorBudget
 from clipkit.pickle_scan import scan_pickle
@@ -50,6 +50,7 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ComplexDoubleStorage": torch.complex128,
     "UntypedStorage": torch.uint8,  # torch.storage.UntypedStorage: counted in bytes, typed by _rebuild_tensor_v3
 }
+_TORCH_CONSTANTS = (torch.dtype, torch.layout, torch.memory_format, torch.qscheme)
 _NUMPY_KINDS = "biufc"  # bool, int, uint, float, complex: values that are only numbers
 _NUMPY_CODES = {f"{kind}{size}" for kind, sizes in {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8),
                                                     "f": (2, 4, 8, 16), "c": (8, 16, 32)}.items() for size in sizes}
@@ -156,15 +157,17 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             ("torch.nn.parameter", "Parameter"): _TypeTag("Parameter"),
             ("torch._tensor", "Tensor"): _TypeTag("Tensor"),
             ("torch", "Tensor"): _TypeTag("Tensor"),
-            ("torch", "Size"): _size,
-            ("torch", "device"): _device,
+            ("torch", "Size"): pickle_values.size,
+            ("torch", "device"): pickle_values.device,
             ("collections", "OrderedDict"): OrderedDict,
-            ("builtins", "set"): _plain(set),
-            ("builtins", "frozenset"): _plain(frozenset),
+            ("collections", "Counter"): pickle_values.counter,
+            ("torch.serialization", "_get_layout"): pickle_values.layout,
+            ("builtins", "set"): pickle_values.plain(set),
+            ("builtins", "frozenset"): pickle_values.plain(frozenset),
             ("builtins", "slice"): slice,
             ("builtins", "complex"): complex,
-            ("builtins", "bytearray"): _bytearray,
-            ("_codecs", "encode"): _encode,
+            ("builtins", "bytearray"): pickle_values.bytearray_of,
+            ("_codecs", "encode"): pickle_values.encode,
             ("numpy", "ndarray"): _TypeTag("numpy.ndarray"),
             ("numpy", "dtype"): self.numpy_dtype,
         }
@@ -187,8 +190,8 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             return found
         if module == "torch" and name in STORAGE_DTYPES or (module, name) == ("torch.storage", "UntypedStorage"):
             return _StorageType(STORAGE_DTYPES[name])
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_CONSTANTS):
+            return getattr(torch, name)  # torch.float16, torch.strided, torch.channels_last: inert constants
         return self.refuse(f"{module}.{name}")
 
     def refuse(self, name: str, detail: str = "") -> type[Refused]:
@@ -344,43 +347,6 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
     if not isinstance(data, torch.Tensor):
         raise pickle.UnpicklingError("a parameter was rebuilt from something that is not a tensor")
     return data
-
-
-def _plain(kind: Callable[..., Any]) -> Callable[..., Any]:
-    """``set``/``frozenset`` of an already-built list or tuple: nothing else (no iterators, no sizes)."""
-
-    def build(items: Any = (), *rest: Any) -> Any:
-        if rest or not isinstance(items, (list, tuple, set, frozenset)):
-            raise pickle.UnpicklingError(f"{kind.__name__} was called with unusual arguments")
-        return kind(items)
-
-    return build
-
-
-def _bytearray(data: Any = b"", encoding: Any = "latin1", *rest: Any) -> bytearray:
-    if isinstance(data, str):
-        data = _encode(data, encoding)
-    if not isinstance(data, (bytes, bytearray)) or rest:
-        raise pickle.UnpicklingError("bytearray was called with something other than bytes")
-    return bytearray(data)
-
-
-def _encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii") or rest:
-        raise pickle.UnpicklingError("_codecs.encode may only turn text into bytes")
-    return codecs.encode(text, encoding)
-
-
-def _size(dims: Any = ()) -> torch.Size:
-    if not isinstance(dims, (tuple, list)) or not all(type(d) is int for d in dims):
-        raise pickle.UnpicklingError("torch.Size needs integers")
-    return torch.Size(dims)
-
-
-def _device(spec: Any, *rest: Any) -> torch.device:
-    if not isinstance(spec, str) or len(spec) > 32:
-        raise pickle.UnpicklingError(f"torch.device needs a short string, the file gave {type(spec).__name__}")
-    return torch.device(spec, *[r for r in rest if type(r) is int][:1])
 
 
 def safe_unpickle(data: bytes | BinaryIO, unpickler: Callable[[BinaryIO], SafeUnpickler], *, path: Path,

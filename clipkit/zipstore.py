@@ -59,7 +59,7 @@ def read_entry(zf: zipfile.ZipFile, name: str, path: Path, *, limit: int) -> byt
 
 
 def _inflate_into(zf: zipfile.ZipFile, info: zipfile.ZipInfo, buffer: bytearray, path: Path) -> None:
-    """Fill ``buffer`` from the start of entry ``info``, read to its end (so its CRC is checked), never past its size."""
+    """Fill ``buffer`` from entry ``info``, read to its end (so its CRC is checked) and never past its size."""
     view = memoryview(buffer)
     filled = 0
     total = 0

@@ -68,7 +68,8 @@ def _transformers_folder(folder: Path) -> Path:
 
 
 def _scripted(path: Path) -> Path:
-    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), inner)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch marks TorchScript deprecated
         torch.jit.save(torch.jit.script(module), str(path))

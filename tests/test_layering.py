@@ -26,7 +26,8 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "clipkit.spec", "clipkit.shapes", "clipkit.releases", "clipkit.limits", "clipkit.inputs", "clipkit.provenance",
     )),
     ("file readers and fetching", (
-        "clipkit.layouts", "clipkit.pickle_scan", "clipkit.unpickling", "clipkit.torchfile", "clipkit.zipstore",
+        "clipkit.layouts", "clipkit.pickle_scan", "clipkit.pickle_values", "clipkit.unpickling", "clipkit.torchfile",
+        "clipkit.zipstore",
         "clipkit.archive", "clipkit.checkpoint", "clipkit.jit", "clipkit.tokenizer",
         "clipkit.fetching", "clipkit.fetching.*",
     )),
