@@ -171,9 +171,10 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             ("numpy", "ndarray"): _TypeTag("numpy.ndarray"),
             ("numpy", "dtype"): self.numpy_dtype,
         }
-        for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            table[(core, "_reconstruct")] = self.numpy_reconstruct
-            table[(core, "scalar")] = self.numpy_scalar
+        for core in ("numpy.core", "numpy._core"):
+            table[(f"{core}.multiarray", "_reconstruct")] = self.numpy_reconstruct
+            table[(f"{core}.multiarray", "scalar")] = self.numpy_scalar
+            table[(f"{core}.numeric", "_frombuffer")] = self.numpy_frombuffer
         return table
 
     def find_class(self, module: str, name: str) -> Any:
@@ -307,6 +308,12 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if len(data) != math.prod(shape) * dt.itemsize:
             raise pickle.UnpicklingError(f"a numpy array of shape {shape} has {len(data)} bytes of data")
         return np.frombuffer(bytes(data), dtype=dt).reshape(shape, order="F" if fortran else "C").copy()
+
+    def numpy_frombuffer(self, data: Any, dtype: Any, shape: Any, order: Any = "C") -> NumpyValue:
+        """``numpy...._frombuffer(bytes, dtype, shape, order)`` (pickle protocol 5): checked as an array's state."""
+        value = NumpyValue(self, "array")
+        value.value = self.numpy_array_state((1, shape, dtype, order == "F", data))
+        return value
 
     def numpy_scalar(self, dtype: Any, data: Any = None) -> NumpyValue | Refused:
         """``numpy...scalar(dtype, bytes)``: a numeric scalar of exactly its dtype's size."""

@@ -137,8 +137,8 @@ def test_a_legacy_file_reads_the_same_weights_torch_reads(tmp_path: Path) -> Non
     assert all(torch.equal(ours[key], value) for key, value in reference.items()) and list(ours) == list(reference)
 
 
-@pytest.mark.parametrize("legacy", [False, True])
-def test_plain_values_in_a_training_checkpoint_still_load(tmp_path: Path, legacy: bool) -> None:
+@pytest.mark.parametrize(("legacy", "protocol"), [(False, 2), (True, 2), (False, 5)])
+def test_plain_values_in_a_training_checkpoint_still_load(tmp_path: Path, legacy: bool, protocol: int) -> None:
     import numpy as np
 
     from clipkit.checkpoint import read_state_dict
@@ -148,7 +148,8 @@ def test_plain_values_in_a_training_checkpoint_still_load(tmp_path: Path, legacy
               "flags": np.array([True, False]), "z": np.array([1 + 2j], dtype=">c16"), "seen": {1, 2},
               "frozen": frozenset([3]), "raw": bytearray(b"xy"), "window": slice(1, 2), "c": 1 + 2j,
               "size": torch.Size([2, 3]), "device": torch.device("cpu"), "dtype": torch.float16}
-    torch.save({"state_dict": hostile.state_dict(), **extras}, path, _use_new_zipfile_serialization=not legacy)
+    torch.save({"state_dict": hostile.state_dict(), **extras}, path, _use_new_zipfile_serialization=not legacy,
+               pickle_protocol=protocol)
     ours = read_state_dict(path)
     assert set(ours) == set(factories.make_state_dict(factories.TINY_VIT))
 
