@@ -21,7 +21,13 @@ The default model is a small ViT (``--model small``: width 256, 4 layers,
 balance a GPU sees with a real model; ``--model ViT-B/32`` runs the real size
 (on a CPU, then, the model dominates and every engine is model-bound).
 
-Run: ``python benchmarks/bench_batch.py [--images 256] [--workers 1 2] [--actors 1 2] [--model small|ViT-B/32]``.
+``--threads`` fixes torch's threads in this process (the naive loop, the
+decode line and the local engine's model); DataLoader workers and Ray's CPU
+actors always use one thread each. On a shared, oversubscribed machine two
+OpenMP threads can make a 5 ms preprocess take 300 ms (a thread spinning on a
+descheduled peer), so compare at ``--threads 1`` there.
+
+Run: ``python benchmarks/bench_batch.py [--images 256] [--workers 1 2] [--actors 1 2] [--model small|ViT-B/32] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -102,7 +108,17 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--model", default="small", help="'small' (default) or an official architecture name")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (median reported)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in this process (default: torch's)")
     args = parser.parse_args()
+    import warnings
+
+    from clipkit.errors import AssumptionWarning
+
+    warnings.filterwarnings("ignore", category=AssumptionWarning)  # random weights: every convention is a guess
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     bf = _common._tests_module("batch_fixtures")
     work = Path(tempfile.mkdtemp(prefix="clipkit-bench-batch-"))
@@ -140,7 +156,8 @@ def main() -> None:
                 ray.shutdown()
         naive_rate = float(rows[1][3])
         table = [[*row, f"{float(row[3]) / naive_rate:.2f}x"] for row in rows]
-        print(f"\n### Batch embedding, {n} photos, model {args.model} (cpu fp32), median of {args.repeats}\n")
+        threads = f"torch.set_num_threads({args.threads})" if args.threads else "torch's default threads"
+        print(f"\n### Batch embedding, {n} photos, model {args.model} (cpu fp32, {threads}), median of {args.repeats}\n")
         print(_common.markdown_table(["engine", "settings", "seconds", "images/s", "vs naive"], table))
         print(f"\n{_common.machine_summary()}")
     finally:

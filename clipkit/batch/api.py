@@ -113,10 +113,8 @@ def _stderr_is_terminal() -> bool:
 
 
 def _options(model: str | os.PathLike[str], kwargs: dict[str, Any]) -> RunOptions:
-    load_kwargs = {name: kwargs.pop(name) for name in ("download_root", "sha256", "jit") if name in kwargs}
-    if kwargs.get("load_kwargs"):
-        load_kwargs.update(kwargs.pop("load_kwargs"))
-    kwargs.pop("load_kwargs", None)
+    load_kwargs = dict(kwargs.pop("load_kwargs", None) or {})
+    load_kwargs.update({name: kwargs.pop(name) for name in ("download_root", "sha256", "jit") if name in kwargs})
     dtype = kwargs.pop("dtype", None)
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
