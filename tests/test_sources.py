@@ -75,11 +75,16 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def point_release(monkeypatch: pytest.MonkeyPatch, release: Release, registry):
-    """Point the release table's ViT-B/32 at ``base/<digest>/ViT-B-32.pt`` (its Hub copies keep their real names)."""
+    """Point the release table's ViT-B/32 at ``base/<digest>/ViT-B-32.pt`` (its Hub copies keep their real names).
+
+    Its release table row becomes the tiny architecture's, as the row of a
+    release whose weights these are.
+    """
 
     def point(base: str) -> str:
         url = f"{base}/{release.digest}/{FILE}"
-        entry = attrs.evolve(models.OFFICIAL_MODELS[NAME], url=url, sha256=release.digest)
+        entry = attrs.evolve(models.OFFICIAL_MODELS[NAME], url=url, sha256=release.digest,
+                             architecture=factories.TINY_VIT.spec().to_dict())
         monkeypatch.setitem(models.OFFICIAL_MODELS, NAME, entry)
         clipkit.plugins.reload_plugins()
         return url
