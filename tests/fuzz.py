@@ -93,7 +93,7 @@ json_op = st.one_of(
 def plan_for(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     """The strategy of mutation plans for one kind of seed."""
     ops = st.lists(st.one_of(pickle_op, st.tuples(st.just("bytes"), byte_op)), min_size=1, max_size=4)
-    if kind in ("torch-zip", "torchscript"):
+    if kind in ("torch-zip", "torchscript", "release"):
         return st.fixed_dictionaries({"entry": _positions, "ops": ops, "deflate": st.lists(_positions, max_size=3),
                                       "raw": st.lists(byte_op, max_size=2)})
     if kind == "legacy":
@@ -279,7 +279,7 @@ def _mutate_folder(source: Path, dest: Path, plan: dict[str, Any]) -> None:
 
 def materialise(seed: Seed, plan: dict[str, Any], dest: Path) -> Path:
     """Apply ``plan`` to a copy of ``seed`` at ``dest`` (a file or a folder) and return it."""
-    if seed.kind in ("torch-zip", "torchscript"):
+    if seed.kind in ("torch-zip", "torchscript", "release"):
         _mutate_zip(seed.path, dest, plan)
     elif seed.kind == "legacy":
         data = seed.path.read_bytes()
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     base = Path(args.work or tempfile.mkdtemp(prefix="clipkit-fuzz-"))
-    seeds = build_seeds(base / "seeds")
+    seeds = build_seeds(base / "seeds", release=True)
     started = time.monotonic()
     deadline = started + args.minutes * 60
     tried: dict[str, int] = {kind: 0 for kind in seeds}

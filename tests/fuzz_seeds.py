@@ -76,8 +76,13 @@ def _scripted(path: Path) -> Path:
     return path
 
 
-def build_seeds(root: Path) -> dict[str, Seed]:
-    """Write one real checkpoint of every kind under ``root``; return them by kind."""
+def build_seeds(root: Path, *, release: bool = False) -> dict[str, Seed]:
+    """Write one real checkpoint of every kind under ``root``; return them by kind.
+
+    ``release=True`` adds a TorchScript archive traced like the official
+    releases (kind ``"release"``, loaded through the whole pipeline with
+    ``jit=False``); tracing takes a few seconds, so only the long run asks.
+    """
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -90,6 +95,12 @@ def build_seeds(root: Path) -> dict[str, Seed]:
     torch.save(training, root / "legacy.pt", _use_new_zipfile_serialization=False)
     seeds["legacy"] = Seed("legacy", root / "legacy.pt")
     seeds["torchscript"] = Seed("torchscript", _scripted(root / "scripted.pt"), call="read")
+    if release:
+        import jit_fixtures
+
+        with jit_fixtures.quiet_torchscript():
+            jit_fixtures.make_release_archive(CONFIG, root / "release.pt")
+        seeds["release"] = Seed("release", root / "release.pt")
     contiguous = {k: v.contiguous() for k, v in weights.items()}
     save_file(contiguous, str(root / "model.safetensors"))
     seeds["safetensors"] = Seed("safetensors", root / "model.safetensors")
