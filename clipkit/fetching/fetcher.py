@@ -16,6 +16,7 @@ from clipkit.fetching.redact import redact_url, scrub, secrets_of
 from clipkit.fetching.settings import FetchSettings, is_offline, progress_enabled
 from clipkit.fetching.sources import digest_in_path, local_path_of, resolve_digest
 from clipkit.fetching.transports import transport_for
+from clipkit.inputs import check_regular_file
 
 
 def fetch(
@@ -78,6 +79,7 @@ def _fetch(
     if local is not None:
         if not local.exists():
             raise CheckpointNotFoundError(f"checkpoint not found: {local} (from {source})")
+        check_regular_file(local)  # hashing a FIFO or /dev/zero would never end
         return verify_file(local, expected, source=source) if expected else local
 
     storage_options = dict(storage_options or {})
