@@ -38,7 +38,7 @@ DEFLATE_FILE_RATIO = 16  # ... and all deflated entries of one file together thi
 _SLACK_ENTRY = 1 << 20
 _SLACK_FILE = 64 << 20
 
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)  # a string (skipped) or a bracket
 
 
 def check_json_text(text: str, *, what: str) -> None:
