@@ -89,7 +89,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=10_000, help="inputs per output shard (default: 10000)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or ray (clipkit[ray])")
     p.add_argument("--address", help="with --engine ray: the cluster to join (default: start a local Ray instance)")
-    p.add_argument("--actors", type=int, help="with --engine ray: model replicas (default: one per GPU, else 2 on CPU)")
+    p.add_argument("--actors", type=int, help="with --engine ray: model replicas (default: one per GPU, else half the CPUs)")
     p.add_argument("--column", help="the table column holding image paths/URLs or captions")
     p.add_argument("--id-column", help="the table column to use as each row's id (default: the path or row number)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
