@@ -16,6 +16,12 @@ images to amortise it), and report images/s:
 - ``decode``: reading + decoding + preprocessing alone, one process, the
   per-core rate that decides how many CPU cores a GPU needs.
 
+The runs are interleaved (``--repeats`` rounds of every engine) and the
+median is reported, with the CPU time each engine spent per image (this process
+and its DataLoader workers; Ray's actors are not counted): on a shared machine
+the wall-clock rate depends on the CPU share the engine gets, the CPU time per
+image does not.
+
 The default model is a small ViT (``--model small``: width 256, 4 layers,
 224 px, 32 px patches) whose encoder costs about as much as decoding, the
 balance a GPU sees with a real model; ``--model ViT-B/32`` runs the real size
@@ -99,6 +105,14 @@ def engine(folder: Path, checkpoint: Path, out: Path, **options) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (DataLoader workers; not Ray's actors)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -129,36 +143,43 @@ def main() -> None:
         checkpoint = work / "model.pt"
         _common.factories().write_checkpoint(checkpoint, config)
         n = len(paths)
-        rows = []
-
-        def record(name: str, settings: str, run) -> None:
-            seconds = _common.median([run() for _ in range(args.repeats)])
-            rows.append([name, settings, f"{seconds:.1f}", f"{n / seconds:.1f}"])
-            print(f"{name:7s} {settings:28s} {seconds:6.1f} s  {n / seconds:7.1f} images/s", flush=True)
-
-        record("decode", "1 process, no model", lambda: decode_only(paths, checkpoint))
-        record("naive", f"batch {args.batch_size}", lambda: naive(paths, checkpoint, args.batch_size))
+        runs = [("decode", "1 process, no model", lambda: decode_only(paths, checkpoint)),
+                ("naive", f"batch {args.batch_size}", lambda: naive(paths, checkpoint, args.batch_size))]
         for workers in args.workers:
-            record("local", f"batch {args.batch_size}, {workers} workers",
-                   lambda w=workers: engine(folder, checkpoint, work / "out", batch_size=args.batch_size, workers=w))
+            runs.append(("local", f"batch {args.batch_size}, {workers} workers",
+                         lambda w=workers: engine(folder, checkpoint, work / "out", batch_size=args.batch_size,
+                                                  workers=w)))
+        for actors in args.actors:
+            runs.append(("ray", f"batch {args.batch_size}, {actors} CPU actors",
+                         lambda a=actors: engine(folder, checkpoint, work / "out", batch_size=args.batch_size,
+                                                 engine="ray", actors=a)))
         if args.actors:
             import ray
 
             start = time.perf_counter()
             ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
             print(f"ray.init(num_cpus={args.ray_cpus}): {time.perf_counter() - start:.1f} s (not counted)")
-            try:
-                for actors in args.actors:
-                    record("ray", f"batch {args.batch_size}, {actors} CPU actors",
-                           lambda a=actors: engine(folder, checkpoint, work / "out", batch_size=args.batch_size,
-                                                   engine="ray", actors=a))
-            finally:
+        seconds: dict[int, list[float]] = {}
+        cpu: dict[int, list[float]] = {}
+        try:
+            for _ in range(args.repeats):  # interleaved: a change in the machine's load hits every engine alike
+                for number, (name, settings, run) in enumerate(runs):
+                    before = cpu_seconds()
+                    seconds.setdefault(number, []).append(run())
+                    cpu.setdefault(number, []).append(cpu_seconds() - before)
+                    print(f"{name:7s} {settings:28s} {seconds[number][-1]:6.1f} s  "
+                          f"{n / seconds[number][-1]:7.1f} images/s", flush=True)
+        finally:
+            if args.actors:
                 ray.shutdown()
-        naive_rate = float(rows[1][3])
-        table = [[*row, f"{float(row[3]) / naive_rate:.2f}x"] for row in rows]
+        rates = {number: n / _common.median(values) for number, values in seconds.items()}
+        table = [[name, settings, f"{_common.median(seconds[i]):.1f}", f"{rates[i]:.1f}",
+                  f"{rates[i] / rates[1]:.2f}x", "-" if name == "ray" else f"{1000 * _common.median(cpu[i]) / n:.1f}"]
+                 for i, (name, settings, _) in enumerate(runs)]
         threads = f"torch.set_num_threads({args.threads})" if args.threads else "torch's default threads"
-        print(f"\n### Batch embedding, {n} photos, model {args.model} (cpu fp32, {threads}), median of {args.repeats}\n")
-        print(_common.markdown_table(["engine", "settings", "seconds", "images/s", "vs naive"], table))
+        print(f"\n### Batch embedding, {n} photos, model {args.model} (cpu fp32, {threads}), "
+              f"median of {args.repeats} interleaved runs\n")
+        print(_common.markdown_table(["engine", "settings", "seconds", "images/s", "vs naive", "CPU ms/image"], table))
         print(f"\n{_common.machine_summary()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
