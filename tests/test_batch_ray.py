@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import batch_fixtures as bf
 import factories
@@ -46,8 +47,9 @@ def bucket_url(tmp_path_factory):
     s3 = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
     name = f"clipkit-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
-    for file_name, data in bf.photo_bytes(PHOTOS) + bf.broken_files()[:1]:
-        s3.put_object(Bucket=name, Key=f"photos/{file_name}", Body=data)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda file: s3.put_object(Bucket=name, Key=f"photos/{file[0]}", Body=file[1]),
+                      bf.photo_bytes(PHOTOS) + bf.broken_files()[:1]))
     yield f"s3://{name}/photos/", {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
     server.stop()
     for key in [k for k in os.environ if k.startswith("AWS_")]:

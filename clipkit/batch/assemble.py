@@ -24,8 +24,9 @@ class ShardAssembler:
         self.store, self.inputs, self.shard_size = store, inputs, shard_size
         self.classify, self.metadata = classify, dict(metadata)
         self.shards = -(-len(inputs) // shard_size)
-        self.skipped = sorted(store.done(self.shards))
-        self.pending = [k for k in range(self.shards) if k not in set(self.skipped)]
+        done = store.done(self.shards)
+        self.skipped = sorted(done)
+        self.pending = [k for k in range(self.shards) if k not in done]
         self._buffers: dict[int, dict[int, tuple[Any, ...]]] = {}
         self._schema: Any = None
         self.written: list[int] = []
@@ -91,6 +92,7 @@ class ShardAssembler:
 
     def finish(self) -> None:
         """Check that every pending shard was written; an engine that lost rows is a bug, said loudly."""
-        missing = [shard for shard in self.pending if shard not in set(self.written)]
+        written = set(self.written)
+        missing = [shard for shard in self.pending if shard not in written]
         if missing:
             raise RuntimeError(f"shards {missing} did not receive all their rows; nothing was written for them")

@@ -124,7 +124,7 @@ def _filesystem(items: Sequence[str], storage_options: Mapping[str, Any]) -> tup
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, _ = fsspec.core.url_to_fs(items[0], **dict(storage_options))
-    return PyFileSystem(FSSpecHandler(fs)), [fs._strip_protocol(item) for item in items]
+    return PyFileSystem(FSSpecHandler(fs)), [fsspec.core.strip_protocol(item) for item in items]
 
 
 def _cluster(ray: Any, address: str | None) -> bool:
