@@ -11,6 +11,7 @@ The pipeline calls them in this order::
     fetch_checkpoint(source, cache_dir, sha256, storage_options)   -> local path
     forget_checkpoint(source, path, sha256)  -> only when the fetched file is not a checkpoint
     detect_architecture(state_dict, path)  -> ArchSpec (exactly one claimant)
+    configure_spec(spec, path)             -> the spec settled from a config file beside the weights (at most one)
     adapt_state_dict(state_dict, spec, target)  -> only for image_resolution= / context_length=
     build_model(spec)                      -> nn.Module on the meta device
     select_tower(model, spec, tower)       -> only for tower="image" / "text"
@@ -101,6 +102,27 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor], path: Path | Non
     Every plugin is asked: exactly one may claim. None claiming raises
     ``NoClaimantError``; two claiming raises ``AmbiguousArchitectureError``
     naming both. Claim only by your own key/shape signature.
+    """
+
+
+@hookspec
+def configure_spec(spec: ArchSpec, path: Path | None) -> ArchSpec | None:
+    """Settle a detected spec's fields from a config file beside the weights that this plugin reads.
+
+    Called once per load and per ``clipkit.inspect``, right after
+    ``detect_architecture``, with the claimant's spec and the same ``path``.
+    Return ``None`` when no config of yours describes these weights, else the
+    spec with the values your config settles, each recorded with its file and
+    key: ``spec.with_values(values, {name: Provenance.config(file, key)})``.
+    Check the values the shapes also show (a mismatch is a
+    ``ConfigurationError``: the config does not describe the weights) and raise
+    ``clipkit.errors.UnsupportedConfigError`` naming the field when the config
+    asks for something no plugin can build; never return a partial or
+    approximate spec. Precedence: the caller's keywords still win over your
+    values; your values win over the official release table and conventions.
+    Every plugin is asked; at most one may answer (two raise
+    ``AmbiguousArchitectureError`` naming both). This is how a plugin supplies
+    the conventions of its own format for specs another plugin detected.
     """
 
 

@@ -205,13 +205,8 @@ def detect_architecture(
     return answers[0][1]
 
 
-def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
-    """Return ``spec`` with fields replaced by the caller's ``overrides`` (e.g. ``quick_gelu=False``), recorded as ``CALLER``.
-
-    An unknown field, or a value that contradicts one read off the shapes, raises
-    ``ConfigurationError`` (see ``clipkit.provenance.apply_overrides``).
-    """
-    return provenance.apply_overrides(spec, overrides)
+#: the caller's keywords applied to a spec, each recorded as ``CALLER`` (see ``clipkit.provenance``)
+apply_overrides = provenance.apply_overrides
 
 
 def build_model(
@@ -439,7 +434,8 @@ def load(
         model.clipkit_spec = ArchSpec(family="torchscript", image_resolution=resolution)  # for get_tokenizer
         return model, make_transform(model.clipkit_spec, registry=registry)
     state_dict = _read_source(path, source, sha256, registry)
-    spec = apply_overrides(detect_architecture(state_dict, path, registry=registry), spec_overrides)
+    spec = _settled(detect_architecture(state_dict, path, registry=registry), path, source, sha256, download_root,
+                    spec_overrides, registry)
     spec, state_dict = adapt.resize(state_dict, spec, image_resolution=image_resolution,
                                     context_length=context_length, tower=tower, registry=registry)
     provenance.warn_assumptions(spec, os.fspath(source))
@@ -461,8 +457,24 @@ def inspect(
     storage_options: Mapping[str, Any] | None = None,
     mirror: str | None = None,
 ) -> ArchSpec:
-    """Detect the architecture of ``source`` without building the model; return its ``ArchSpec``."""
+    """Detect the architecture of ``source`` without building the model; return its ``ArchSpec``.
+
+    The spec is settled as ``clipkit.load`` settles it (a config beside the
+    weights, the official release table), and ``spec.provenance`` says where
+    each field's value came from.
+    """
     path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options,
                           mirror=mirror)
     registry = get_registry()
-    return detect_architecture(_read_source(path, source, sha256, registry), path, registry=registry)
+    spec = detect_architecture(_read_source(path, source, sha256, registry), path, registry=registry)
+    return _settled(spec, path, source, sha256, download_root, {}, registry)
+
+
+def _settled(spec: ArchSpec, path: Path, source: str | os.PathLike[str], sha256: str | None,
+             download_root: str | os.PathLike[str] | None, overrides: Mapping[str, Any],
+             registry: PluginRegistry) -> ArchSpec:
+    """``spec`` settled by a config beside the weights, the caller's keywords and the release table (``clipkit.settle``)."""
+    from clipkit import settle
+
+    return settle.settle(spec, path, source=source, sha256=sha256, overrides=overrides,
+                         models=registered_models(registry), cache_dir=cache_dir(download_root), registry=registry)

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "clipkit.builtin.hub",
     "clipkit.builtin.resnet",
     "clipkit.builtin.vit",
+    "clipkit.builtin.open_clip",
     "clipkit.builtin.transforms",
     "clipkit.builtin.tokenizers",
     "clipkit.builtin.adapting",

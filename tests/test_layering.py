@@ -29,7 +29,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "clipkit.layouts", "clipkit.pickle_scan", "clipkit.pickle_values", "clipkit.unpickling", "clipkit.torchfile",
         "clipkit.zipstore",
         "clipkit.archive", "clipkit.checkpoint", "clipkit.jit", "clipkit.tokenizer",
-        "clipkit.fetching", "clipkit.fetching.*",
+        "clipkit.fetching", "clipkit.fetching.*", "clipkit.digests",
     )),
     ("hook declarations", (
         "clipkit.hookspecs",
@@ -41,7 +41,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "clipkit.plugins",
     )),
     ("pipeline and front ends", (
-        "clipkit", "clipkit.__main__", "clipkit.loader", "clipkit.adapt", "clipkit.model_sources",
+        "clipkit", "clipkit.__main__", "clipkit.loader", "clipkit.adapt", "clipkit.model_sources", "clipkit.settle",
         "clipkit.tokenizers", "clipkit.cli", "clipkit.cli.*", "clipkit.testing", "clipkit.testing.*",
         "clipkit.batch", "clipkit.batch.*", "clipkit.export", "clipkit.export.*",
     )),

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from torchvision.transforms import Compose
 
 
-
 def _to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
@@ -23,22 +22,56 @@ class CoverResize:
 
     The non-square counterpart of resizing the short side: a center crop to
     ``(height, width)`` follows (open_clip's ``ResizeKeepRatio`` for non-square
-    sizes does the same).
+    sizes does the same). With ``longest=True`` it is the largest size that
+    fits inside instead (open_clip's ``resize_mode="longest"``), padded after.
     """
 
-    def __init__(self, size: tuple[int, int]) -> None:
+    def __init__(self, size: tuple[int, int], *, longest: bool = False, interpolation: str = "bicubic") -> None:
         self.size = size
+        self.longest = longest
+        self.interpolation = interpolation
 
     def __call__(self, image: Any) -> Any:
-        from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
         width, height = image.size
-        ratio = min(height / self.size[0], width / self.size[1])
-        return F.resize(image, [round(height / ratio), round(width / ratio)], InterpolationMode.BICUBIC)
+        ratios = (height / self.size[0], width / self.size[1])
+        ratio = max(ratios) if self.longest else min(ratios)
+        return F.resize(image, [round(height / ratio), round(width / ratio)], _mode(self.interpolation))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size})"
+        return f"{type(self).__name__}(size={self.size}, longest={self.longest})"
+
+
+class CenterCropOrPad:
+    """Center-crop a PIL image to ``(height, width)``, padding it first with ``fill`` where it is smaller."""
+
+    def __init__(self, size: tuple[int, int], fill: int = 0) -> None:
+        self.size = size
+        self.fill = fill
+
+    def __call__(self, image: Any) -> Any:
+        from torchvision.transforms import functional as F
+
+        height, width = self.size
+        short_w, short_h = max(width - image.size[0], 0), max(height - image.size[1], 0)
+        if short_w or short_h:
+            image = F.pad(image, [short_w // 2, short_h // 2, (short_w + 1) // 2, (short_h + 1) // 2], fill=self.fill)
+        return F.center_crop(image, [height, width])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, fill={self.fill})"
+
+
+def _mode(interpolation: str) -> Any:
+    from torchvision.transforms import InterpolationMode
+
+    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+            "nearest": InterpolationMode.NEAREST}[interpolation]
+
+
+def _pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    return (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
 
 
 class CLIPPreprocess:
@@ -52,22 +85,22 @@ class CLIPPreprocess:
     """
 
     def __init__(
-        self, resolution: int | tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
+        self, resolution: int | tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...], *,
+        interpolation: str = "bicubic", resize_mode: str = "shortest", fill_color: int = 0,
+        resize_to: int | None = None,
     ) -> None:
         self.resolution = resolution
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.fitting = (interpolation, resize_mode, fill_color, resize_to)
 
     @functools.cached_property
     def compose(self) -> Compose:
-        """The torchvision ``Compose``: bicubic resize (covering a ``(height, width)``), center crop, RGB, tensor, normalise."""
-        from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+        """The torchvision ``Compose``: fit the image (``image_transform``'s modes), RGB, tensor, normalise."""
+        from torchvision.transforms import Compose, Normalize, ToTensor
 
-        if isinstance(self.resolution, tuple):
-            resize: Any = CoverResize(self.resolution)
-        else:
-            resize = Resize(self.resolution, interpolation=InterpolationMode.BICUBIC)
-        return Compose([resize, CenterCrop(self.resolution), _to_rgb, ToTensor(), Normalize(self.mean, self.std)])
+        fit = _fit(self.resolution, *self.fitting)
+        return Compose([*fit, _to_rgb, ToTensor(), Normalize(self.mean, self.std)])
 
     @property
     def transforms(self) -> list[Any]:
@@ -79,7 +112,7 @@ class CLIPPreprocess:
         return self.compose(image)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("compose", "resolution", "mean", "std"):
+        if name.startswith("_") or name in ("compose", "resolution", "mean", "std", "fitting"):
             raise AttributeError(name)  # not yet set (unpickling) or private: never build for these
         return getattr(self.compose, name)
 
@@ -101,7 +134,48 @@ def clip_transform(
     return CLIPPreprocess(resolution, mean, std)
 
 
+def image_transform(
+    resolution: int | tuple[int, int],
+    *,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+    interpolation: str = "bicubic",
+    resize_mode: str = "shortest",
+    fill_color: int = 0,
+    resize_to: int | None = None,
+) -> CLIPPreprocess:
+    """The preprocessing a spec's fields describe: fit the image to ``resolution``, RGB, tensor, normalise.
+
+    ``resize_mode``: ``"shortest"`` resizes the short side (to ``resize_to``
+    when given, else the resolution) then center-crops; ``"longest"`` resizes
+    the long side, then pads with ``fill_color`` and center-crops; ``"squash"``
+    resizes to the resolution ignoring the aspect ratio. The steps and their
+    order are open_clip's ``image_transform`` (eval) and, for the defaults, the
+    reference ``clip.load``'s transform, so a PIL image gives the same tensor.
+    """
+    return CLIPPreprocess(resolution, mean, std, interpolation=interpolation, resize_mode=resize_mode,
+                          fill_color=fill_color, resize_to=resize_to)
+
+
+def _fit(resolution: int | tuple[int, int], interpolation: str, resize_mode: str, fill_color: int,
+         resize_to: int | None) -> list[Any]:
+    """The steps that fit an image to ``resolution`` (see ``image_transform``)."""
+    from torchvision.transforms import CenterCrop, Resize
+
+    size = _pair(resolution)
+    if resize_mode == "squash":
+        return [Resize(size, interpolation=_mode(interpolation))]
+    if resize_mode == "longest":
+        return [CoverResize(size, longest=True, interpolation=interpolation), CenterCropOrPad(size, fill_color)]
+    if size[0] == size[1]:
+        return [Resize(resize_to or size[0], interpolation=_mode(interpolation)), CenterCrop(size)]
+    return [CoverResize(size, interpolation=interpolation), CenterCrop(size)]
+
+
 @hookimpl(trylast=True)
 def make_transform(spec: ArchSpec) -> CLIPPreprocess:
-    """Serve every spec that no other plugin gave a transform for."""
-    return clip_transform(spec.image_resolution)
+    """Serve every spec that no other plugin gave a transform for, with the preprocessing its fields describe."""
+    return image_transform(
+        spec.image_resolution, mean=spec.image_mean, std=spec.image_std, interpolation=spec.interpolation,
+        resize_mode=spec.resize_mode, fill_color=spec.fill_color, resize_to=spec.resize_to,
+    )
