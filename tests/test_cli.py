@@ -48,12 +48,19 @@ def test_an_unknown_name_suggests_the_closest():
 def test_inspect_prints_a_table_and_json(tiny_resnet):
     lines = run("inspect", str(tiny_resnet)).stdout.splitlines()
     assert lines[0] == f"{tiny_resnet}: ResNetSpec"
-    rows = dict(line.split(maxsplit=1) for line in lines[4:])
-    assert lines[2].split() == ["field", "value"] and lines[4].split() == ["family", "resnet"]
+    assert lines[2].split() == ["field", "value", "from"]
+    value_at, from_at = lines[2].index("value"), lines[2].index("from")
+    table = [line for line in lines[4:] if line.strip()][: len(factories.TINY_RESNET.spec().to_dict())]
+    rows = {line[:value_at].strip(): line[value_at:from_at].strip() for line in table}
+    sources = {line[:value_at].strip(): line[from_at:].strip() for line in table}
+    assert table[0].split()[:2] == ["family", "resnet"]
     spec = factories.TINY_RESNET.spec()
     assert rows == {name: ", ".join(map(str, v)) if isinstance(v, tuple) else str(v) for name, v in spec.to_dict().items()}
+    assert sources["vision_width"] == "shapes (visual.layer1.0.conv1.weight)"
+    assert sources["quick_gelu"].startswith("convention (QuickGELU")
     data = json.loads(run("inspect", str(tiny_resnet), "--json").stdout)
     assert data["class"] == "ResNetSpec" and data["vision_layers"] == [1, 2, 1, 1]
+    assert data["provenance"]["vision_heads"].startswith("convention")
     assert data["image_resolution"] == factories.TINY_RESNET.image_resolution
 
 

@@ -203,7 +203,7 @@ def test_inspect_records_the_config_file_and_key(tmp_path: Path) -> None:
     directory = ocl.save_hub_layout(ocl.build(cfg), cfg, tmp_path / "h")
     spec = clipkit.inspect(str(directory))
     assert spec.vision_heads == 16
-    assert spec.provenance_of("vision_heads").detail.endswith("open_clip_config.json: model_cfg.vision_cfg.head_width")
+    assert spec.provenance_of("vision_heads").detail == "open_clip_config.json: model_cfg.vision_cfg.head_width"
     assert "absent: open_clip's default False" in spec.provenance_of("quick_gelu").detail
     assert spec.provenance_of("vision_width").source == "shapes"
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from clipkit.builtin.clip_specs import CLIPSpec, ResNetSpec, ViTSpec
+from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 from clipkit.errors import CheckpointError, ConfigurationError, UnsupportedConfigError
 from clipkit.hookspecs import hookimpl
 from clipkit.layouts import LAYOUTS, choose_checkpoint
@@ -143,7 +143,7 @@ _TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_r
 class _Settler:
     """Collects config values for a spec, checking each one the shapes also show."""
 
-    def __init__(self, spec: CLIPSpec, config_path: Path) -> None:
+    def __init__(self, spec: ViTSpec | ResNetSpec, config_path: Path) -> None:
         self.spec = spec
         self.path = config_path
         self.values: dict[str, Any] = {}
@@ -152,7 +152,7 @@ class _Settler:
     def set(self, name: str, value: Any, key: str, *, default: str = "") -> None:
         """Settle ``name`` from config ``key`` (``default`` explains the value when the key is absent)."""
         self.values[name] = value
-        self.provenance[name] = Provenance.config(self.path, key + (f" (absent: {default})" if default else ""))
+        self.provenance[name] = Provenance.config(self.path.name, key + (f" (absent: {default})" if default else ""))
 
     def check(self, name: str, value: Any, key: str) -> None:
         """The config's ``key`` must agree with the spec's shape-read ``name``."""
@@ -256,7 +256,8 @@ def _settle_image_size(s: _Settler, vision: Mapping[str, Any], stride: int) -> N
     grid = lambda r: tuple(side // stride for side in (r if isinstance(r, tuple) else (r, r)))  # noqa: E731
     if grid(size) != grid(s.spec.image_resolution):
         s.check("image_resolution", size, where)
-    s.set("image_resolution", size, where)
+    if size != s.spec.image_resolution:  # the same grid: a side the patches do not divide, as open_clip resizes to
+        s.set("image_resolution", size, where)
 
 
 def _settle_preprocess(s: _Settler, preprocess: Mapping[str, Any]) -> None:
@@ -275,7 +276,7 @@ def _settle_preprocess(s: _Settler, preprocess: Mapping[str, Any]) -> None:
         s.set(names.get(key, key), value, f"preprocess_cfg.{key}", default="" if present else f"open_clip's default {default!r}")
 
 
-def settle_from_config(spec: CLIPSpec, config_path: Path) -> CLIPSpec:
+def settle_from_config(spec: ViTSpec | ResNetSpec, config_path: Path) -> ViTSpec | ResNetSpec:
     """``spec`` with every field ``open_clip_config.json`` settles, recorded as ``CONFIG``; checks against the shapes."""
     model_cfg, preprocess = read_config(config_path)
     check_buildable(config_path, model_cfg)

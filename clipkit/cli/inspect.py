@@ -11,18 +11,19 @@ from clipkit.fetching.redact import redact_url
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the checkpoint's ``ArchSpec`` as a table of fields (as JSON with ``--json``)."""
+    """Print the checkpoint's ``ArchSpec`` as a table of fields and where each value came from (JSON with ``--json``)."""
     from clipkit.loader import inspect
 
     spec = inspect(args.source, download_root=args.download_root, sha256=args.sha256)
     fields = spec.to_dict()
     fields = {"family": fields.pop("family"), **fields}
     origin = _weights_origin(args.source)
+    sources = {name: str(spec.provenance_of(name)) for name in fields}
     if args.json:
-        print(json.dumps({"class": type(spec).__name__, **fields, **origin}, indent=2))
+        print(json.dumps({"class": type(spec).__name__, **fields, **origin, "provenance": sources}, indent=2))
         return 0
     print(f"{redact_url(args.source)}: {type(spec).__name__}\n")
-    print(format_table(["field", "value"], [[name, _value(value)] for name, value in fields.items()]))
+    print(format_table(["field", "value", "from"], [[name, _value(value), sources[name]] for name, value in fields.items()]))
     if origin:
         print("\n" + "\n".join(f"{key.replace('_', ' ')}: {value}" for key, value in origin.items()))
     return 0
