@@ -151,6 +151,18 @@ RESIZE_MODES: tuple[str, ...] = ("shortest", "longest", "squash")
 PREPROCESS_FIELDS: tuple[str, ...] = ("image_mean", "image_std", "interpolation", "resize_mode", "fill_color", "resize_to")
 
 
+def preprocessing_conventions(why: str) -> dict[str, Provenance]:
+    """Provenance for a spec that keeps the default preprocessing: mean, std, filter and resize mode assumed (``why``).
+
+    ``fill_color`` and ``resize_to`` are marked unused (shortest-side resizing
+    to ``image_resolution`` neither pads nor resizes elsewhere). Merge it into
+    the ``provenance=`` a detector passes.
+    """
+    assumed = {name: Provenance.convention(why) for name in ("image_mean", "image_std", "interpolation", "resize_mode")}
+    return {**assumed, "fill_color": Provenance.unused("only padding (resize_mode 'longest') uses it"),
+            "resize_to": Provenance.unused("the shortest side is resized to image_resolution")}
+
+
 def _three_floats(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be three numbers (R, G, B), got {value!r}")

@@ -91,6 +91,7 @@ from torchvision.transforms import Compose, Resize, ToTensor
 
 import clipkit
 from clipkit.plugins import get_registry
+from clipkit.spec import Provenance, preprocessing_conventions
 from clipkit.testing import PluginConformance
 
 REGISTERED_AT_START = [name for name, _ in get_registry().pm.list_name_plugin()]
@@ -143,8 +144,10 @@ class Good:
             return None
         embed, pixels = state_dict["visual.weight"].shape
         vocab, _ = state_dict["text.weight"].shape
+        read = {"image_resolution": Provenance.shapes("visual.weight"), "embed_dim": Provenance.shapes("visual.weight"),
+                "vocab_size": Provenance.shapes("text.weight"), "context_length": Provenance.convention("six tokens")}
         return self.spec_class(image_resolution=math.isqrt(pixels // 3), embed_dim=embed, vocab_size=vocab,
-                               context_length=6)
+                               context_length=6, provenance={**read, **preprocessing_conventions("the default")})
 
     @clipkit.hookimpl
     def build_model(self, spec):

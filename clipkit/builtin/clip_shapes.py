@@ -15,7 +15,7 @@ import torch
 
 from clipkit.errors import StateDictError
 from clipkit.shapes import OPENAI_LAYOUT_ADVICE, block_count, default_heads, expect, shape, shape_mismatch
-from clipkit.spec import CLIP_MEAN, CLIP_STD, Provenance
+from clipkit.spec import Provenance, preprocessing_conventions
 
 #: Keys every OpenAI-layout CLIP has in its text tower; part of both plugins' signatures.
 TEXT_SIGNATURE: tuple[str, ...] = ("token_embedding.weight", "positional_embedding", "ln_final.weight")
@@ -68,12 +68,7 @@ def read_conventions(reading: Reading) -> None:
     reading.convention("text_pool", "argmax", f"read at the highest token id, the end-of-text ({OPENAI})")
     reading.convention("text_norm_eps", 1e-5, f"LayerNorm epsilon ({OPENAI})")
     reading.convention("text_gelu_approximate", "none", "exact GELU (when quick_gelu is False)")
-    reading.convention("image_mean", CLIP_MEAN, f"normalisation mean ({OPENAI})")
-    reading.convention("image_std", CLIP_STD, f"normalisation std ({OPENAI})")
-    reading.convention("interpolation", "bicubic", f"resize filter ({OPENAI})")
-    reading.convention("resize_mode", "shortest", f"resize the shortest side, center crop ({OPENAI})")
-    reading.unused("fill_color", 0, "only padding (resize_mode 'longest') uses it")
-    reading.unused("resize_to", None, "the shortest side is resized to image_resolution")
+    reading.provenance.update(preprocessing_conventions("OpenAI's preprocessing"))
     reading.unused("text_eos_id", None, "only text_pool 'eos' uses it")
 
 

@@ -14,12 +14,13 @@ from clipkit.spec import ArchSpec
 from clipkit.testing.detection_checks import DetectionChecks
 from clipkit.testing.harness import OwnHooks, build_for_loading, describe, per_class, registered_names
 from clipkit.testing.model_checks import ModelChecks
+from clipkit.testing.provenance_checks import ProvenanceChecks
 from clipkit.testing.tokenizer_checks import TokenizerChecks
 
 __all__ = ["PluginConformance"]
 
 
-class PluginConformance(DetectionChecks, ModelChecks, TokenizerChecks):
+class PluginConformance(DetectionChecks, ModelChecks, TokenizerChecks, ProvenanceChecks):
     """Inherit from this in a ``Test*`` class to run clipkit's hook-contract checks against your plugin.
 
     Set ``plugin`` to the module (or object) holding your ``@clipkit.hookimpl``

@@ -24,6 +24,7 @@ from torch import nn
 
 import clipkit
 from clipkit import shapes
+from clipkit.spec import Provenance, preprocessing_conventions
 
 #: Keys this plugin's checkpoints have and no other layout has all of: claim nothing else.
 SIGNATURE = ("visual.patch.weight", "visual.positional_embedding", "token_embedding.weight", "positional_embedding")
@@ -99,12 +100,17 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> MeanPoolSpec 
     context_length, _ = shapes.shape(state_dict, "positional_embedding", dims=2, advice=ADVICE)
     shapes.expect(state_dict, "positional_embedding", (context_length, embed_dim),
                   f"visual.patch.weight says the embedding is {embed_dim} wide", advice=ADVICE)
+    read_from = {"image_resolution": "visual.positional_embedding", "patch_size": "visual.patch.weight",
+                 "embed_dim": "visual.patch.weight", "vocab_size": "token_embedding.weight",
+                 "context_length": "positional_embedding", "family": "the SIGNATURE keys"}
     return MeanPoolSpec(
         image_resolution=patch_size * side,
         patch_size=patch_size,
         embed_dim=embed_dim,
         vocab_size=vocab_size,
         context_length=context_length,
+        provenance={**{name: Provenance.shapes(key) for name, key in read_from.items()},
+                    **preprocessing_conventions("CLIP's preprocessing, clipkit's default transform")},
     )
 
 

@@ -22,6 +22,7 @@ from clipkit.builtin.adapting import resize_clip_state_dict
 from clipkit.builtin.vit import build_vit_clip
 from clipkit.nn import CLIP, split_tower
 from clipkit_hf.convert import SIGNATURE, hf_to_openai, is_hf_clip
+from clipkit_hf.preprocess import hf_transform
 from clipkit_hf.spec import HFCLIPSpec, infer_spec, read_config
 
 
@@ -30,7 +31,15 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor], path: Path | Non
     """Claim a transformers ``CLIPModel`` state dict and describe it; ``None`` for any other layout."""
     if not is_hf_clip(state_dict):
         return None
-    return infer_spec(state_dict, read_config(path))
+    return infer_spec(state_dict, read_config(path), path)
+
+
+@hookimpl
+def make_transform(spec: Any) -> Any:
+    """transformers' ``CLIPImageProcessor`` pipeline for an ``HFCLIPSpec`` (``None`` for other specs)."""
+    if not isinstance(spec, HFCLIPSpec):
+        return None
+    return hf_transform(spec)
 
 
 @hookimpl

@@ -18,6 +18,8 @@ import torch
 from clipkit import ViTSpec, shapes
 from clipkit.errors import ConfigurationError, StateDictError
 from clipkit.limits import read_json
+from clipkit.spec import Provenance
+from clipkit_hf.preprocess import read_preprocessing
 
 __all__ = ["ACTIVATIONS", "HFCLIPSpec", "check_pooling", "infer_spec", "read_config"]
 
@@ -166,11 +168,15 @@ def check_pooling(config: dict[str, Any] | None, vocab_size: int) -> None:
         )
 
 
-def infer_spec(state_dict: Mapping[str, torch.Tensor], config: dict[str, Any] | None = None) -> HFCLIPSpec:
+def infer_spec(
+    state_dict: Mapping[str, torch.Tensor], config: dict[str, Any] | None = None, path: Path | None = None
+) -> HFCLIPSpec:
     """Read an ``HFCLIPSpec`` off a transformers ``CLIPModel`` state dict, with ``config`` from ``read_config``.
 
-    Raises ``StateDictError`` naming the key whose shape disagrees with the
-    rest, and ``ConfigurationError`` for settings clipkit's ViT cannot run
+    ``path`` is where the weights were read (for ``preprocessor_config.json``
+    beside them). Every field records its provenance. Raises ``StateDictError``
+    naming the key whose shape disagrees with the rest, and
+    ``ConfigurationError`` for settings clipkit's ViT cannot run
     (an activation other than QuickGELU/GELU, per-tower LayerNorm epsilons,
     an end-of-text id that is not the highest token id).
     """
@@ -198,6 +204,9 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], config: dict[str, Any] | 
     check_pooling(config, vocab_size)
     text_quick = _activation(config, "text")
     vision_quick = _activation(config, "vision")
+    eps = _layer_norm_eps(config)
+    preprocessing, provenance = read_preprocessing(path, patch * grid)
+    provenance.update(_provenance(config))
     return HFCLIPSpec(
         image_resolution=patch * grid,
         embed_dim=embed_dim,
@@ -212,5 +221,55 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], config: dict[str, Any] | 
         vision_heads=_heads(config, "vision", vision_width),
         vision_patch_size=patch,
         vision_quick_gelu=None if vision_quick == text_quick else vision_quick,
-        layer_norm_eps=_layer_norm_eps(config),
+        layer_norm_eps=eps,
+        text_norm_eps=eps,
+        vision_norm_eps=eps,
+        provenance=provenance,
+        **preprocessing,
     )
+
+
+#: fields transformers' CLIPModel layout fixes (read off its keys), with the key that shows each
+_BY_LAYOUT: dict[str, str] = {
+    "family": "text_model.embeddings.token_embedding.weight and vision_model.embeddings.patch_embedding.weight",
+    "image_resolution": "vision_model.embeddings.position_embedding.weight",
+    "vision_patch_size": "vision_model.embeddings.patch_embedding.weight",
+    "vision_width": "vision_model.embeddings.patch_embedding.weight",
+    "vision_layers": "vision_model.encoder.layers.N", "vision_mlp_width": "vision_model.encoder.layers.0.mlp.fc1.weight",
+    "text_width": "text_model.embeddings.token_embedding.weight",
+    "vocab_size": "text_model.embeddings.token_embedding.weight",
+    "context_length": "text_model.embeddings.position_embedding.weight",
+    "text_layers": "text_model.encoder.layers.N", "text_mlp_width": "text_model.encoder.layers.0.mlp.fc1.weight",
+    "embed_dim": "text_projection.weight", "text_proj": "text_projection.weight (no bias)",
+    "text_layer_scale": "transformers' CLIPModel layout (no layer scale)",
+    "vision_layer_scale": "transformers' CLIPModel layout (no layer scale)",
+    "logit_bias": "no logit_bias", "vision_ln_pre": "vision_model.pre_layrnorm.weight",
+    "vision_attn_pool_queries": "transformers' CLIPModel layout (class-token pooling)",
+    "vision_pool": "transformers' CLIPModel layout (class-token pooling)",
+    "vision_final_ln_after_pool": "transformers' CLIPModel layout (post_layernorm on the class token)",
+    "text_causal": "transformers' CLIPModel layout (causal text attention)",
+}
+#: fields config.json settles, by the (tower, key) it reads them from
+_BY_CONFIG: dict[str, tuple[str, str]] = {
+    "quick_gelu": ("text", "hidden_act"), "vision_quick_gelu": ("vision", "hidden_act"),
+    "text_heads": ("text", "num_attention_heads"), "vision_heads": ("vision", "num_attention_heads"),
+    "layer_norm_eps": ("text", "layer_norm_eps"), "text_norm_eps": ("text", "layer_norm_eps"),
+    "vision_norm_eps": ("vision", "layer_norm_eps"), "text_pool": ("text", "eos_token_id"),
+}
+
+
+def _provenance(config: dict[str, Any] | None) -> dict[str, Provenance]:
+    """Where each non-preprocessing field of an ``HFCLIPSpec`` comes from, given the ``config.json`` read (or none)."""
+    found = {name: Provenance.shapes(key) for name, key in _BY_LAYOUT.items()}
+    found["vision_attn_pool_heads"] = Provenance.unused("no attentional pooler")
+    found["text_eos_id"] = Provenance.unused("text_pool is 'argmax'")
+    for tower in ("text", "vision"):
+        found[f"{tower}_gelu_approximate"] = Provenance.unused("hidden_act is quick_gelu or exact gelu")
+    for name, (tower, key) in _BY_CONFIG.items():
+        if config is not None:
+            absent = "" if key in config[tower] else " (absent: transformers' default)"
+            found[name] = Provenance.config(config["path"].name, f"{tower}_config.{key}{absent}")
+        else:
+            found[name] = Provenance.convention(f"transformers' CLIPConfig default for {tower}_config.{key} "
+                                                "(no config.json beside the weights)")
+    return found

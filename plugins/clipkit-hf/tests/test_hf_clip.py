@@ -100,7 +100,8 @@ def test_weights_file_reads_the_config_beside_it(tmp_path):
 def test_config_supplies_heads_and_layer_norm_epsilon(tmp_path):
     hf = ref.make_clip(text_heads=4, vision_heads=1, eps=1e-3, seed=9)
     hf.save_pretrained(tmp_path / "clip")
-    assert clipkit.inspect(tmp_path / "clip") == _spec(text_heads=4, vision_heads=1, layer_norm_eps=1e-3)
+    assert clipkit.inspect(tmp_path / "clip") == _spec(text_heads=4, vision_heads=1, layer_norm_eps=1e-3,
+                                                       text_norm_eps=1e-3, vision_norm_eps=1e-3)
     model, _ = clipkit.load(tmp_path / "clip", device="cpu")
     assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-3}
     images, tokens = ref.images(seed=8), ref.tokens()
@@ -191,4 +192,47 @@ def test_registered_through_its_entry_point():
     assert (entry.name, entry.value) == ("hf", "clipkit_hf.plugin")
     infos = {info.name: info for info in PluginRegistry().infos()}
     assert infos["hf"].origin == f"clipkit-hf {dist.version}"
-    assert infos["hf"].hooks == ("adapt_state_dict", "build_model", "detect_architecture", "select_tower")
+    assert infos["hf"].hooks == ("adapt_state_dict", "build_model", "detect_architecture", "make_transform",
+                                 "select_tower")
+
+
+PROCESSORS = {
+    "clip-defaults": {},
+    "resize-larger-bilinear": {"size": {"shortest_edge": 40}, "resample": 2, "image_mean": [0.5, 0.5, 0.5],
+                               "image_std": [0.5, 0.5, 0.5]},
+}
+
+
+@pytest.mark.parametrize("variant", list(PROCESSORS))
+def test_preprocessor_config_drives_the_transform(variant, tmp_path):
+    """``preprocessor_config.json`` (mean, std, resample, size, crop_size) gives CLIPImageProcessor's pixels."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(**{"crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32},
+                                      **PROCESSORS[variant]})
+    ref.make_clip(seed=3).save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    spec = clipkit.inspect(tmp_path / "clip")
+    assert spec.provenance_of("image_mean").detail.startswith("preprocessor_config.json")
+    _, preprocess = clipkit.load(tmp_path / "clip", device="cpu")
+    for photo in ("chelsea", "rocket", "camera", "coffee"):
+        image = Image.fromarray(getattr(skimage_data, photo)())
+        want = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"][0])
+        # transformers' PIL round trip rounds a few resized pixels the other way: at most one 8-bit level
+        level = (1 / 255) / min(processor.image_std) + 1e-6
+        got = preprocess(image)
+        assert got.shape == want.shape and (got - want).abs().max() <= level, photo
+        assert (got - want).abs().mean() < 1e-3, photo
+
+
+def test_every_field_has_a_provenance_with_and_without_config(tmp_path):
+    hf = ref.make_clip(seed=4)
+    hf.save_pretrained(tmp_path / "clip")
+    spec = clipkit.inspect(tmp_path / "clip")
+    assert all(spec.provenance_of(name).source != "unrecorded" for name in spec.to_dict())
+    assert spec.provenance_of("vision_heads").detail == "config.json: vision_config.num_attention_heads"
+    save_file(hf.state_dict(), tmp_path / "bare.safetensors")
+    with pytest.warns(clipkit.errors.AssumptionWarning, match="vision_heads"):
+        clipkit.load(tmp_path / "bare.safetensors", device="cpu")
