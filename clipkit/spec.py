@@ -176,6 +176,14 @@ def _floats(value: Any) -> tuple[float, ...]:
     return tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value)
 
 
+def _choice(choices: tuple[str, ...]) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be one of {choices}, got {value!r}")
+
+    return check
+
+
 def _optional_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         _positive(instance, attribute, value)
@@ -215,8 +223,8 @@ class ArchSpec:
     #: edge is resized to before the crop when it differs from ``image_resolution``
     image_mean: tuple[float, ...] = attrs.field(default=CLIP_MEAN, converter=_floats, validator=_three_floats)
     image_std: tuple[float, ...] = attrs.field(default=CLIP_STD, converter=_floats, validator=_three_floats)
-    interpolation: str = attrs.field(default="bicubic", validator=attrs.validators.in_(INTERPOLATIONS))
-    resize_mode: str = attrs.field(default="shortest", validator=attrs.validators.in_(RESIZE_MODES))
+    interpolation: str = attrs.field(default="bicubic", validator=_choice(INTERPOLATIONS))
+    resize_mode: str = attrs.field(default="shortest", validator=_choice(RESIZE_MODES))
     fill_color: int = attrs.field(default=0, validator=_fill)
     resize_to: int | None = attrs.field(default=None, validator=_optional_positive)
     #: where each field's value came from (see the module docstring); not part of equality or repr

@@ -19,7 +19,6 @@ of open_clip's weight files (``open_clip_model.safetensors``,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 from clipkit.errors import CheckpointError, ConfigurationError, UnsupportedConfigError
 from clipkit.hookspecs import hookimpl
 from clipkit.layouts import LAYOUTS, choose_checkpoint
+from clipkit.limits import read_json
 from clipkit.spec import CLIP_MEAN, CLIP_STD, ArchSpec, Provenance
 
 CONFIG_NAME = "open_clip_config.json"
@@ -73,10 +73,7 @@ def config_path_for(path: Path | None) -> Path | None:
 
 def read_config(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(model_cfg, preprocess_cfg)`` from an ``open_clip_config.json``; ``CheckpointError`` if it is not one."""
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is not a readable JSON file ({exc}); fix or delete it") from exc
+    raw = read_json(config_path)
     model_cfg = raw.get("model_cfg", raw) if isinstance(raw, dict) else None
     if not isinstance(model_cfg, dict) or not all(key in model_cfg for key in ("embed_dim", "vision_cfg", "text_cfg")):
         raise CheckpointError(
@@ -165,9 +162,19 @@ class _Settler:
 
 
 def _get(settler: _Settler, cfg: Mapping[str, Any], tower: str, key: str, default: Any) -> tuple[Any, str, str]:
-    """The value of ``model_cfg.{tower}.{key}`` (open_clip's ``default`` when absent), its key and absence note."""
+    """The value of ``model_cfg.{tower}.{key}`` (open_clip's ``default`` when absent), its key and absence note.
+
+    A value of another type than open_clip's default (a string for a width, a
+    number for a flag) is a ``ConfigurationError`` naming the key.
+    """
     present = key in cfg and cfg[key] is not None
-    return (cfg[key] if present else default), f"model_cfg.{tower}.{key}", "" if present else f"open_clip's default {default!r}"
+    value = cfg[key] if present else default
+    kinds = {bool: (bool,), int: (int,), float: (int, float)}.get(type(default))
+    if present and kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+        raise ConfigurationError(
+            f"{settler.path}: model_cfg.{tower}.{key} is {value!r}; open_clip expects a {type(default).__name__}"
+        )
+    return value, f"model_cfg.{tower}.{key}", "" if present else f"open_clip's default {default!r}"
 
 
 def _settle_common(s: _Settler, model_cfg: Mapping[str, Any]) -> None:
@@ -279,18 +286,29 @@ def _settle_preprocess(s: _Settler, preprocess: Mapping[str, Any]) -> None:
 def settle_from_config(spec: ViTSpec | ResNetSpec, config_path: Path) -> ViTSpec | ResNetSpec:
     """``spec`` with every field ``open_clip_config.json`` settles, recorded as ``CONFIG``; checks against the shapes."""
     model_cfg, preprocess = read_config(config_path)
-    check_buildable(config_path, model_cfg)
     s = _Settler(spec, config_path)
-    is_resnet = isinstance(model_cfg["vision_cfg"].get("layers"), (list, tuple))
-    if is_resnet != isinstance(spec, ResNetSpec):
+    try:
+        check_buildable(config_path, model_cfg)
+        is_resnet = isinstance(model_cfg["vision_cfg"].get("layers"), (list, tuple))
+        if is_resnet != isinstance(spec, ResNetSpec):
+            raise ConfigurationError(
+                f"{config_path}: model_cfg.vision_cfg describes a {'ResNet' if is_resnet else 'ViT'} image tower but "
+                f"the weights hold a {spec.family} one; the config does not describe these weights"
+            )
+        _settle_common(s, model_cfg)
+        (_settle_resnet if is_resnet else _settle_vit)(s, model_cfg["vision_cfg"])
+        _settle_preprocess(s, preprocess)
+        try:
+            return spec.with_values(s.values, s.provenance)
+        except ConfigurationError as exc:  # the spec's own validation: say which file the value came from
+            raise ConfigurationError(f"{config_path}: {exc}") from exc
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError, KeyError) as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
         raise ConfigurationError(
-            f"{config_path}: model_cfg.vision_cfg describes a {'ResNet' if is_resnet else 'ViT'} image tower but the "
-            f"weights hold a {spec.family} one; the config does not describe these weights"
-        )
-    _settle_common(s, model_cfg)
-    (_settle_resnet if is_resnet else _settle_vit)(s, model_cfg["vision_cfg"])
-    _settle_preprocess(s, preprocess)
-    return spec.with_values(s.values, s.provenance)
+            f"{config_path} holds a value open_clip could not build from ({type(exc).__name__}: {exc}); "
+            "fix the config or load the weights without it"
+        ) from exc
 
 
 @hookimpl
@@ -298,7 +316,10 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor], path: Path | Non
     """open_clip's hub layout (open_clip_config.json): claims nothing; refuses a model_cfg clipkit cannot build."""
     config_path = config_path_for(path)
     if config_path is not None:
-        check_buildable(config_path, read_config(config_path)[0])
+        try:
+            check_buildable(config_path, read_config(config_path)[0])
+        except (TypeError, AttributeError) as exc:  # a malformed value: reported with the rest by configure_spec
+            raise ConfigurationError(f"{config_path} holds a malformed value ({exc}); fix the config") from exc
     return None
 
 
