@@ -38,7 +38,7 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
     integer wider than ``MAX_INT_BITS``, or nests containers deeper than
     ``clipkit.limits.MAX_NESTING``.
     """
-    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else _Bounded(source)
     start = stream.tell()
     stack: list[int] = []  # the nesting depth of each value on the pickle's stack
     marks: list[int] = []
@@ -64,12 +64,33 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
                 )
     except CheckpointError:
         raise
-    except (ValueError, IndexError, KeyError, EOFError) as exc:
+    except (ValueError, IndexError, KeyError, EOFError, MemoryError) as exc:
         raise CheckpointError(
             f"{what} could not be read as data: it is not a well-formed pickle ({exc}); "
             "the file is truncated or damaged"
         ) from exc
     return stream.tell() - start
+
+
+class _Bounded:
+    """A file as ``genops`` reads it, never asked for more than the bytes left: a length field of 3 GB in a
+    700 KB file must not make ``read`` allocate 3 GB before it finds out."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        here = file.tell()
+        self.end = file.seek(0, io.SEEK_END)
+        file.seek(here)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self.end - self.file.tell())
+        return self.file.read(left if size is None or size < 0 else min(size, left))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.file.readline(min(1 << 20, size) if size is not None and size >= 0 else 1 << 20)
 
 
 def _step(opcode: pickletools.OpcodeInfo, arg: object, stack: list[int], marks: list[int],

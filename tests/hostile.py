@@ -13,6 +13,7 @@ TorchScript archive, safetensors) and change only what the attack needs.
   a legacy file or a TorchScript archive (``fmt``)
 - ``deflated_torch_zip(root, which)``: a ``torch.save`` zip with ``data/0`` (or every entry) deflated
 - ``nested_safetensors(root, depth)``, ``nested_index(root, depth)``, ``escaping_index(root, name)``
+- ``legacy_long_length(root)``: a legacy pickle whose first string claims 4 GB
 - ``fifo(root)``, ``socket_file(root)``
 """
 
@@ -135,6 +136,15 @@ def nested_tuple(root: Path, fmt: str, depth: int = 1_000_000) -> Path:
         base = _scripted_archive(root / "scripted-nested.pt")
         return _rewrite_zip(base, path, {"data.pkl": nested_pickle(depth)})
     raise ValueError(fmt)
+
+
+def legacy_long_length(root: Path) -> Path:
+    """A legacy file whose object pickle starts with a string claiming 4 GB (the file holds a few bytes)."""
+    header = b"".join(pickle.dumps(v, protocol=2) for v in (
+        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+    path = root / "long-length.pt"
+    path.write_bytes(header + b"\x80\x02X" + struct.pack("<I", 0xFFFFFFFF) + b"abc")
+    return path
 
 
 def deflated_torch_zip(root: Path, which: str) -> Path:

@@ -45,6 +45,7 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[st
         bomb = str(hostile.deflate_bomb_archive(root, entry))
         cases.append({"name": f"bomb-{entry}", "call": "read", "source": bomb})
         cases.append({"name": f"bomb-{entry}-jit", "call": "load", "source": bomb, "kwargs": {"jit": True}})
+    cases.append({"name": "legacy-long-length", "call": "read", "source": str(hostile.legacy_long_length(root))})
     for fmt in ("zip", "legacy", "torchscript"):
         cases.append({"name": f"nested-{fmt}", "call": "read", "source": str(hostile.nested_tuple(root, fmt))})
     for name, folder in (("index-nested", hostile.nested_index(root / "a")),
@@ -86,6 +87,10 @@ def test_a_stride0_expanded_embedding_is_refused_before_it_is_materialised(craft
 @pytest.mark.parametrize("fmt", ["zip", "legacy", "torchscript"])
 def test_a_tuple_nested_a_million_deep_is_refused_by_the_opcode_scan(crafted, fmt: str) -> None:
     _refused(crafted, f"nested-{fmt}", "CheckpointError", "nests values more than")
+
+
+def test_a_length_field_claiming_gigabytes_allocates_nothing(crafted) -> None:
+    _refused(crafted, "legacy-long-length", "CheckpointError", "4294967295 bytes", "not a well-formed pickle")
 
 
 def test_a_safetensors_header_nested_deep_is_refused(crafted) -> None:
