@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from clipkit import adapt, checkpoint, provenance
+from clipkit import adapt, checkpoint, provenance, settle
 from clipkit.errors import (
     AmbiguousArchitectureError,
     CheckpointError,
@@ -434,8 +434,9 @@ def load(
         model.clipkit_spec = ArchSpec(family="torchscript", image_resolution=resolution)  # for get_tokenizer
         return model, make_transform(model.clipkit_spec, registry=registry)
     state_dict = _read_source(path, source, sha256, registry)
-    spec = _settled(detect_architecture(state_dict, path, registry=registry), path, source, sha256, download_root,
-                    spec_overrides, registry)
+    spec = settle.settle(detect_architecture(state_dict, path, registry=registry), path, source=source, sha256=sha256,
+                         overrides=spec_overrides, models=registered_models(registry), cache_dir=cache_dir(download_root),
+                         registry=registry)
     spec, state_dict = adapt.resize(state_dict, spec, image_resolution=image_resolution,
                                     context_length=context_length, tower=tower, registry=registry)
     provenance.warn_assumptions(spec, os.fspath(source))
@@ -467,14 +468,5 @@ def inspect(
                           mirror=mirror)
     registry = get_registry()
     spec = detect_architecture(_read_source(path, source, sha256, registry), path, registry=registry)
-    return _settled(spec, path, source, sha256, download_root, {}, registry)
-
-
-def _settled(spec: ArchSpec, path: Path, source: str | os.PathLike[str], sha256: str | None,
-             download_root: str | os.PathLike[str] | None, overrides: Mapping[str, Any],
-             registry: PluginRegistry) -> ArchSpec:
-    """``spec`` settled by a config beside the weights, the caller's keywords and the release table (``clipkit.settle``)."""
-    from clipkit import settle
-
-    return settle.settle(spec, path, source=source, sha256=sha256, overrides=overrides,
-                         models=registered_models(registry), cache_dir=cache_dir(download_root), registry=registry)
+    return settle.settle(spec, path, source=source, sha256=sha256, overrides={}, models=registered_models(registry),
+                         cache_dir=cache_dir(download_root), registry=registry)

@@ -62,8 +62,8 @@ def known_release(
     architecture and no digest is known already.
     """
     text = os.fspath(source)
-    if not isinstance(source, os.PathLike) and text in models and models[text].architecture:
-        return text, models[text]
+    if not isinstance(source, os.PathLike) and text in models and provenance.matches_release(spec, models[text]):
+        return text, models[text]  # by name (a copy in another layout, another family's spec, does not match)
     candidates = [(name, entry) for name, entry in models.items()
                   if entry.sha256 and provenance.matches_release(spec, entry)]
     if not candidates or path is None or not Path(path).is_file():
