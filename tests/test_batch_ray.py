@@ -81,3 +81,22 @@ def test_ray_engine_from_s3_equals_the_local_engine(bucket_url, local_ray, tmp_p
     errors = {row["id"].rsplit("/", 1)[1]: row["error"] for row in b.to_pylist() if row["error"]}
     assert list(errors) == ["broken-truncated.jpg"] and errors["broken-truncated.jpg"].startswith("OSError: image")
     np.testing.assert_allclose(bf.embedding_matrix(b), bf.embedding_matrix(a), rtol=0, atol=2e-6)
+
+
+def test_two_actors_fetch_the_weights_once_per_node(local_ray, tmp_path):
+    """Captions need no transform, so the driver never reads the model: both actors fetch it, one downloads."""
+    from http_server import LoopbackServer
+
+    checkpoint = tmp_path / "tiny-vit.pt"
+    factories.write_checkpoint(checkpoint, bf.TINY_FULL_VOCAB)
+    captions = [f"a photo of thing number {n}" for n in range(48)]
+    with LoopbackServer() as server:
+        server.add("/models/tiny-vit.pt", checkpoint.read_bytes())
+        url = server.url("/models/tiny-vit.pt")
+        common = dict(device="cpu", batch_size=8, progress=False, download_root=str(tmp_path / "cache"))
+        remote = batch.embed_texts(captions, tmp_path / "ray", model=url, engine="ray", actors=2, **common)
+        assert server.count("/models/tiny-vit.pt") == 1
+    local = batch.embed_texts(captions, tmp_path / "local", model=url, **common)  # served from the cache now
+    a, b = local.read(), remote.read()
+    assert a.schema == b.schema and a.column("text").to_pylist() == b.column("text").to_pylist() == captions
+    np.testing.assert_allclose(bf.embedding_matrix(b), bf.embedding_matrix(a), rtol=0, atol=2e-6)
