@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "clipkit.builtin.transforms",
     "clipkit.builtin.tokenizers",
     "clipkit.builtin.adapting",
+    "clipkit.builtin.sidecar",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT

@@ -1,10 +1,13 @@
-"""Export: ONNX per tower (checked under onnxruntime) and transformers' CLIPModel.
+"""Export: ONNX per tower (checked under onnxruntime), safetensors with its spec sidecar, transformers' CLIPModel.
 
-Oracles: onnxruntime running the written graphs, ``transformers.CLIPModel``,
-and ``clipkit.load`` of the written folder.
+Oracles: onnxruntime running the written graphs, ``clipkit.load`` of the
+written files (with no ``AssumptionWarning``), and ``transformers.CLIPModel``.
 """
 
 from __future__ import annotations
+
+import json
+import warnings
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from factories import TINY_RESNET, TINY_VIT, sample_images, sample_tokens, write
 
 import clipkit
 from clipkit import export
-from clipkit.errors import ExportError
+from clipkit.errors import AssumptionWarning, CheckpointError, ConfigurationError, ExportError
 
 
 #: the random test files have no config beside them: guessed fields are expected here
@@ -87,6 +90,52 @@ def test_cli_exports_one_tower_to_onnx(files, tmp_path, capsys):
     assert main(["export", str(files["vit"]), str(out), "--format", "onnx", "--tower", "text"]) == 0
     assert capsys.readouterr().out.split() == [str(out / "text.onnx")]
     assert [p.name for p in out.iterdir()] == ["text.onnx"]
+
+
+# -- safetensors --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("family", "options"), [("vit", {"quick_gelu": False}), ("resnet", {"image_resolution": 96})])
+def test_safetensors_reloads_with_nothing_guessed_and_equal_outputs(files, tmp_path, family, options):
+    model = _load(files[family], **options)
+    weights = export.to_safetensors(model, tmp_path / "model.safetensors")
+    sidecar = json.loads((tmp_path / "model.clipkit.json").read_text())
+    assert sidecar["family"] == family and set(sidecar["fields"]) == set(model.clipkit_spec.guessed_fields()) | (
+        {"quick_gelu"} if "quick_gelu" in options else set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumptionWarning)
+        reloaded, _ = clipkit.load(weights, device="cpu")
+    assert reloaded.clipkit_spec == model.clipkit_spec
+    config = TINY_VIT if family == "vit" else TINY_RESNET.with_(image_resolution=96)
+    images, tokens = sample_images(config, seed=1), sample_tokens(config, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encode_image(images), model.encode_image(images), rtol=0, atol=0)
+        torch.testing.assert_close(reloaded.encode_text(tokens), model.encode_text(tokens), rtol=0, atol=0)
+
+
+def test_a_sidecar_that_does_not_belong_is_refused(files, tmp_path):
+    weights = export.to_safetensors(_load(files["vit"]), tmp_path / "m.safetensors")
+    sidecar = tmp_path / "m.clipkit.json"
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "family": "resnet"}))
+    with pytest.raises(ConfigurationError, match="belongs to other weights"):
+        clipkit.load(weights, device="cpu")
+    sidecar.write_text(json.dumps({**data, "fields": {"vision_pool": "avg", "no_such_field": 1}}))
+    with pytest.raises(ConfigurationError, match="no_such_field"):
+        clipkit.load(weights, device="cpu")
+    sidecar.write_text("{half a file")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        clipkit.load(weights, device="cpu")
+
+
+def test_a_model_the_shapes_would_misread_is_not_exported(files, tmp_path):
+    model = _load(files["vit"], image_resolution=(32, 64))  # a 4x8 grid: its 33 positions do not say 4x8
+    with pytest.raises(ExportError, match="would"):
+        export.to_safetensors(model, tmp_path / "wide.safetensors")
+    tower = _load(files["vit"], tower="image")
+    with pytest.raises(ExportError, match="would not load back"):
+        export.to_safetensors(tower, tmp_path / "tower.safetensors")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- transformers ------------------------------------------------------------------------------------------------

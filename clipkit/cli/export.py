@@ -6,7 +6,7 @@ import argparse
 
 from clipkit.cli._args import add_source_args
 
-FORMATS = ("torchscript", "onnx", "transformers")  # clipkit.export.FORMATS, without importing torch here
+FORMATS = ("torchscript", "onnx", "safetensors", "transformers")  # clipkit.export.FORMATS, without importing torch here
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,9 +16,10 @@ Every writer leaves either complete files or none.
 """
 
 from clipkit.export.onnx import to_onnx
+from clipkit.export.safetensors import to_safetensors
 from clipkit.export.torchscript import to_torchscript
 from clipkit.export.transformers import to_transformers
 
-FORMATS: tuple[str, ...] = ("torchscript", "onnx", "transformers")
+FORMATS: tuple[str, ...] = ("torchscript", "onnx", "safetensors", "transformers")
 
-__all__ = ["FORMATS", "to_onnx", "to_torchscript", "to_transformers"]
+__all__ = ["FORMATS", "to_onnx", "to_safetensors", "to_torchscript", "to_transformers"]

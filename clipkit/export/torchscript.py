@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clipkit.errors import JITError
+from clipkit.export._files import staged
 from clipkit.jit import _CLIP_METHODS, _quiet_torchscript
 
 __all__ = ["to_torchscript"]
@@ -75,7 +76,8 @@ def to_torchscript(
             check_trace=False,
         )
         path = Path(path)
-        torch.jit.save(traced, str(path))
+        with staged(path.parent) as stage:  # the archive appears whole or not at all
+            torch.jit.save(traced, str(stage / path.name))
     return path
 
 
