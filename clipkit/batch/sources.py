@@ -75,6 +75,8 @@ def _list_images(source: str, storage_options: Mapping[str, Any]) -> list[str]:
         found = fs.find(root)
     elif _extension(source) in IMAGE_EXTENSIONS and fs.isfile(root):
         found = [root]
+    elif not fs.exists(root):
+        raise ConfigurationError(f"{source!r} does not exist; check the path (or the bucket and prefix)")
     else:
         raise ConfigurationError(
             f"{source!r} is not a folder, a glob, a caption file (.txt) or a table (.parquet/.csv); "
