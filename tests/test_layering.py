@@ -24,6 +24,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("plain data and shared checks", (
         "clipkit.spec", "clipkit.shapes", "clipkit.releases", "clipkit.limits", "clipkit.inputs", "clipkit.provenance",
+        "clipkit.placement",
     )),
     ("file readers and fetching", (
         "clipkit.layouts", "clipkit.pickle_scan", "clipkit.pickle_values", "clipkit.unpickling", "clipkit.torchfile",
@@ -41,7 +42,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "clipkit.plugins",
     )),
     ("pipeline and front ends", (
-        "clipkit", "clipkit.__main__", "clipkit.loader", "clipkit.adapt", "clipkit.model_sources", "clipkit.settle",
+        "clipkit", "clipkit.__main__", "clipkit.loader", "clipkit.resolve", "clipkit.adapt", "clipkit.model_sources", "clipkit.settle",
         "clipkit.tokenizers", "clipkit.cli", "clipkit.cli.*", "clipkit.testing", "clipkit.testing.*",
         "clipkit.batch", "clipkit.batch.*", "clipkit.export", "clipkit.export.*",
     )),
