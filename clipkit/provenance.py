@@ -29,7 +29,7 @@ import attrs
 from clipkit.errors import AssumptionWarning, ConfigurationError
 from clipkit.spec import SHAPES, ArchSpec, ModelSource, Provenance
 
-__all__ = ["apply_overrides", "apply_release", "describe", "matches_release", "warn_assumptions"]
+__all__ = ["apply_overrides", "apply_release", "matches_release", "warn_assumptions"]
 
 
 def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
@@ -93,11 +93,6 @@ def apply_release(spec: ArchSpec, name: str, release: ModelSource) -> ArchSpec:
         if field in arch
     }
     return spec.with_values(values, Provenance.release(name)) if values else spec
-
-
-def describe(spec: ArchSpec) -> list[tuple[str, Any, str]]:
-    """Rows ``(field, value, provenance)`` for every field of ``spec``, in field order (for ``clipkit inspect``)."""
-    return [(name, value, str(spec.provenance_of(name))) for name, value in spec.to_dict().items()]
 
 
 def warn_assumptions(spec: ArchSpec, source: str, *, stacklevel: int = 3) -> list[str]:
