@@ -257,7 +257,10 @@ def test_the_hub_copy_and_the_archive_load_to_the_same_model(point_release, cdn,
     hub.add_repo(HUB_REPO, release.hub_files)
     copy, copy_preprocess = clipkit.load(NAME, device="cpu", download_root=tmp_path / "b")
     assert sources.last_served(NAME).source == HUB_SOURCE
-    assert copy.clipkit_spec == original.clipkit_spec
+    assert copy.clipkit_spec == original.clipkit_spec and copy.clipkit_spec.quick_gelu is True
+    # the same values, each settled by what came with the weights: the copy's config, the release table's row
+    assert copy.clipkit_spec.provenance_of("quick_gelu").source == "config"
+    assert original.clipkit_spec.provenance_of("quick_gelu").source == "release"
     for ours, theirs in zip(_features(copy), _features(original)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     image = Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy())
