@@ -10,7 +10,7 @@ from torch import nn
 from clipkit.errors import ConfigurationError
 from clipkit.nn.layers import Embedding, LayerNorm, Transformer
 
-__all__ = ["CLIP", "TEXT_POOLS", "TEXT_PROJECTIONS", "drop_metadata", "encode_tokens"]
+__all__ = ["CLIP", "DropsArchiveMetadata", "TEXT_POOLS", "TextFacts", "TEXT_PROJECTIONS", "drop_metadata", "encode_tokens"]
 
 #: how a text is read off the tower's tokens: at the highest id (OpenAI's end-of-text), the last
 #: position, the first ``eos_id``, or the first position
@@ -23,7 +23,43 @@ TEXT_PROJECTIONS: tuple[str, ...] = ("matrix", "linear", "none")
 _SCALAR_ATTRIBUTE_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
 
-class CLIP(nn.Module):
+class DropsArchiveMetadata(nn.Module):
+    """A module whose ``load_state_dict`` first applies ``drop_metadata`` to its own entries (CLIP and its towers)."""
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        drop_metadata(state_dict, prefix)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class TextFacts:
+    """``context_length`` and ``vocab_size``, read off the text embeddings of CLIP or its text tower."""
+
+    positional_embedding: torch.Tensor
+    token_embedding: nn.Embedding
+
+    @property
+    def context_length(self) -> int:
+        """The number of text tokens the model takes (the positional embedding's rows)."""
+        return self.positional_embedding.shape[0]
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids the text embedding knows."""
+        return self.token_embedding.num_embeddings
+
+
+class CLIP(DropsArchiveMetadata, TextFacts):
     """Contrastive image-text model: ``encode_image``, ``encode_text`` and ``forward`` as in openai/CLIP.
 
     ``visual`` is the image tower: a module mapping ``[batch, 3, R, R]`` images
@@ -100,16 +136,6 @@ class CLIP(nn.Module):
     # -- facts read off the weights ---------------------------------------------------
 
     @property
-    def context_length(self) -> int:
-        """The number of text tokens the model takes (the positional embedding's rows)."""
-        return self.positional_embedding.shape[0]
-
-    @property
-    def vocab_size(self) -> int:
-        """The number of token ids the text embedding knows."""
-        return self.token_embedding.num_embeddings
-
-    @property
     def dtype(self) -> torch.dtype:
         """The compute dtype: the image tower's weight dtype (float16 after ``cast_model(model, torch.float16)``)."""
         visual_dtype = getattr(self.visual, "dtype", None)
@@ -142,23 +168,6 @@ class CLIP(nn.Module):
         if self.logit_bias is not None:
             logits_per_image = logits_per_image + self.logit_bias
         return logits_per_image, logits_per_image.t()
-
-    # -- loading ---------------------------------------------------------------------------
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        drop_metadata(state_dict, prefix)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
 
 def drop_metadata(state_dict: dict[str, Any], prefix: str) -> None:

@@ -10,13 +10,10 @@ name with the other tower's entries left untouched.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
 from clipkit.errors import ConfigurationError
-from clipkit.nn.clip import CLIP, drop_metadata, encode_tokens
+from clipkit.nn.clip import CLIP, DropsArchiveMetadata, TextFacts, encode_tokens
 
 __all__ = ["ImageTower", "TextTower", "TOWERS", "split_tower"]
 
@@ -24,7 +21,7 @@ __all__ = ["ImageTower", "TextTower", "TOWERS", "split_tower"]
 TOWERS: tuple[str, ...] = ("image", "text")
 
 
-class _Tower(nn.Module):
+class _Tower(DropsArchiveMetadata):
     """What both towers share: ``logit_scale`` kept float32, and the archives' metadata dropped on load."""
 
     fp32_parameters: tuple[str, ...] = ("logit_scale", "logit_bias")
@@ -35,21 +32,6 @@ class _Tower(nn.Module):
         self.logit_scale = model.logit_scale
         if getattr(model, "logit_bias", None) is not None:
             self.logit_bias = model.logit_bias
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        drop_metadata(state_dict, prefix)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
 
 class ImageTower(_Tower):
@@ -77,7 +59,7 @@ class ImageTower(_Tower):
         return self.encode_image(image)
 
 
-class TextTower(_Tower):
+class TextTower(_Tower, TextFacts):
     """A CLIP's text encoder alone: the causal transformer, its embeddings, ``ln_final``, ``text_projection``, ``logit_scale``.
 
     ``encode_text`` (also ``forward``) gives the same features as the full
@@ -93,16 +75,6 @@ class TextTower(_Tower):
         self.text_projection = model.text_projection
         self.text_pool = model.text_pool
         self.eos_id = model.eos_id
-
-    @property
-    def context_length(self) -> int:
-        """The number of text tokens the model takes."""
-        return self.positional_embedding.shape[0]
-
-    @property
-    def vocab_size(self) -> int:
-        """The number of token ids the text embedding knows."""
-        return self.token_embedding.num_embeddings
 
     @property
     def dtype(self) -> torch.dtype:
