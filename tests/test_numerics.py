@@ -22,7 +22,7 @@ from torch.testing import assert_close
 import clipkit
 from clipkit.builtin import resnet, vit
 from clipkit.errors import ConfigurationError
-from clipkit.nn import CLIP, cast_model
+from clipkit.nn import CLIP, QuickGELU, cast_model
 from factories import (
     OFFICIAL_CONFIGS,
     TINY_RESNET,
@@ -226,6 +226,18 @@ def test_padding_after_the_last_end_token_is_not_computed_except_when_traced():
             traced = torch.jit.trace_module(model, {"encode_text": short})  # on short prompts, run on longer ones
         assert_close(traced.encode_text(tokens), eager, **TOL)
     assert TINY_VIT.context_length in lengths[1:]  # the trace ran the full context
+
+
+def test_quick_gelu_is_the_same_with_and_without_autograd():
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    expected = x * torch.sigmoid(1.702 * x)
+    with torch.no_grad():
+        assert torch.equal(QuickGELU()(x), expected)  # computed in place of its own buffer
+    out = QuickGELU()(x)
+    out.sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    (reference * torch.sigmoid(1.702 * reference)).sum().backward()
+    assert torch.equal(out, expected) and torch.equal(x.grad, reference.grad)
 
 
 def test_changing_a_token_before_the_end_changes_the_features():
