@@ -197,14 +197,23 @@ def _cached_snapshot(hub: Any, ref: HubRef, cache: Path) -> Path:
         partial = getattr(exc, "snapshot_path", None)
         if partial and Path(partial).is_dir():
             return Path(partial)
-        if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") \
-                or isinstance(exc, FileNotFoundError):
-            raise OfflineError(
-                f"{ref} is not in the Hugging Face cache ({cache}), and offline mode is set (CLIPKIT_OFFLINE or "
-                f"HF_HUB_OFFLINE), so the Hub was not asked; fetch it once while online (clipkit fetch {ref})",
-                source=str(ref),
-            ) from None
+        if type(exc).__name__ in _OFFLINE_MISSES or isinstance(exc, FileNotFoundError):
+            raise _not_cached_offline(ref, cache) from None
         raise
+
+
+
+#: huggingface_hub's exceptions for "not in the cache, and the Hub may not be asked"
+_OFFLINE_MISSES = ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
+def _not_cached_offline(ref: HubRef, cache: Any) -> OfflineError:
+    """The error for ``ref`` missing from the Hugging Face cache ``cache`` while offline."""
+    return OfflineError(
+        f"{ref} is not in the Hugging Face cache ({cache}), and offline mode is set (CLIPKIT_OFFLINE or "
+        f"HF_HUB_OFFLINE), so the Hub was not asked; fetch it once while online (clipkit fetch {ref})",
+        source=str(ref),
+    )
 
 
 def find_cached(source: str) -> Path | None:
@@ -310,13 +319,8 @@ def _fetch_file(hub: Any, ref: HubRef, cache: Path, endpoint: str | None, record
         )
     except FetchError as exc:
         cause = exc.__cause__
-        if offline and cause is not None and type(cause).__name__ in ("LocalEntryNotFoundError",
-                                                                       "OfflineModeIsEnabled"):
-            raise OfflineError(
-                f"{ref} is not in the Hugging Face cache ({cache}), and offline mode is set (CLIPKIT_OFFLINE or "
-                f"HF_HUB_OFFLINE), so the Hub was not asked; fetch it once while online (clipkit fetch {ref})",
-                source=str(ref),
-            ) from None
+        if offline and cause is not None and type(cause).__name__ in _OFFLINE_MISSES:
+            raise _not_cached_offline(ref, cache) from None
         raise
     weights = verify_hub_file(Path(path), ref, records=records)
     _fetch_side_configs(hub, ref, weights, cache, endpoint, offline, records)
