@@ -18,8 +18,9 @@ release table carries an ordered list of sources (``ModelSource.url`` then
    been retried by the fetcher (``CLIPKIT_MAX_RETRIES``). When every source
    fails, one error lists each source and why.
 
-The mirror (``mirror=`` or ``$CLIPKIT_MIRROR``: a base URL or any fsspec
-prefix, e.g. ``https://artifacts.example/clip`` or ``s3://bucket/clip``) is
+The mirror (``mirror=`` or ``$CLIPKIT_MIRROR``: a base URL, any fsspec prefix
+or a directory, e.g. ``https://artifacts.example/clip``, ``s3://bucket/clip``
+or ``/mnt/models/clip``) is
 tried first and serves ``<base>/<sha256>/<file>``, verified by the same SHA-256
 as the original; ``storage_options`` go to it (or, without a mirror, to the
 original URL). A ``sha256=`` the caller gives pins those bytes: the Hub copies
@@ -94,11 +95,17 @@ class Served:
         return f"{self.name}: weights from {self.source} ({how}){before}"
 
 
-def mirror_base(mirror: str | None = None) -> str | None:
-    """The mirror to try first: ``mirror`` if given, else ``$CLIPKIT_MIRROR``; ``None`` when neither is set."""
-    base = mirror if mirror is not None else os.environ.get(MIRROR_ENV, "")
-    base = base.strip()
-    return base.rstrip("/") or None
+def mirror_base(mirror: str | os.PathLike[str] | None = None) -> str | None:
+    """The mirror to try first: ``mirror`` if given, else ``$CLIPKIT_MIRROR``; ``None`` when neither is set.
+
+    A plain directory (a shared file system) is taken as its ``file://`` URL:
+    its files are used in place, checked against the digest.
+    """
+    base = os.fspath(mirror) if mirror is not None else os.environ.get(MIRROR_ENV, "")
+    base = base.strip().rstrip("/")
+    if base and fetching.url_scheme(base) is None:
+        base = Path(base).expanduser().absolute().as_uri()
+    return base or None
 
 
 def mirror_url(base: str, entry: ModelSource) -> str | None:

@@ -29,8 +29,9 @@ REPO = "timm/tiny_clip.openai"
 @pytest.fixture(autouse=True)
 def _hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A fresh Hugging Face cache, no token, no offline flags; fast retries."""
-    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HOME"):
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HOME"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the real Hub is never asked
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.setenv("CLIPKIT_RETRY_BASE_DELAY", "0.01")

@@ -63,8 +63,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Fresh caches everywhere (clipkit's, the reference's under a fresh HOME, Hugging Face's); fast retries."""
-    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT", "HF_HOME", "CLIPKIT_MIRROR", "CLIPKIT_OFFLINE"):
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "CLIPKIT_MIRROR", "CLIPKIT_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the real Hub is never asked
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -340,3 +341,18 @@ def test_a_sha256_given_with_a_name_keeps_to_the_original_file(point_release, cd
         clipkit.load(NAME, device="cpu", sha256=release.digest)
     assert [source for source, _ in caught.value.attempts][0] == HUB_SOURCE  # skipped, and says why
     assert hub.requests == []
+
+
+def test_a_directory_mirror_serves_in_place_and_is_checked(point_release, release, tmp_path, monkeypatch) -> None:
+    point_release("http://127.0.0.1:9/clip/models")
+    store = tmp_path / "share" / "clip" / release.digest
+    store.mkdir(parents=True)
+    (store / FILE).write_bytes(release.archive)
+    monkeypatch.setenv("CLIPKIT_MIRROR", str(tmp_path / "share" / "clip"))
+    clipkit.load(NAME, device="cpu")
+    served = sources.last_served(NAME)
+    assert served.path == store / FILE and served.source == (store / FILE).as_uri()
+    (store / FILE).write_bytes(release.archive[:-1] + bytes([release.archive[-1] ^ 1]))
+    with pytest.raises(SourcesExhaustedError, match="ChecksumError"):
+        clipkit.load(NAME, device="cpu")
+    assert (store / FILE).exists()  # the user's file is never deleted
