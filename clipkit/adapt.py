@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import torch
 
-from clipkit.errors import ConfigurationError, PluginError, ResizeError, StateDictError, TowerError
+from clipkit.errors import ConfigurationError, ResizeError, StateDictError, TowerError
 from clipkit.nn import TOWERS
 from clipkit.plugins import PluginRegistry, get_registry
 from clipkit.spec import ArchSpec, Provenance
@@ -76,17 +76,13 @@ def resize(
     if target == spec:
         return spec, state_dict
     registry = registry or get_registry()
-    adapted = registry.call_first("adapt_state_dict", state_dict=state_dict, spec=spec, target=target)
+    adapted = registry.call_first("adapt_state_dict", returns=(Mapping, "a mapping of tensors"),
+                                  state_dict=state_dict, spec=spec, target=target)
     if adapted is None:
         raise ResizeError(
             f"family {spec.family!r} ({type(spec).__name__}) cannot be resized: no plugin implements "
             f"adapt_state_dict for it (asked: {', '.join(registry.plugin_names('adapt_state_dict'))}); "
             "load it at its own image_resolution and context_length"
-        )
-    if not isinstance(adapted, Mapping):
-        raise PluginError(
-            f"adapt_state_dict returned {type(adapted).__name__} for family {spec.family!r}, not a mapping of tensors",
-            hook="adapt_state_dict",
         )
     return target, adapted
 
@@ -109,14 +105,13 @@ def one_tower(
     if tower not in TOWERS:
         raise ConfigurationError(f"tower must be one of {', '.join(map(repr, TOWERS))}, got {tower!r}")
     registry = registry or get_registry()
-    part = registry.call_first("select_tower", model=model, spec=spec, tower=tower)
+    part = registry.call_first("select_tower", returns=(torch.nn.Module, "an nn.Module"), model=model, spec=spec,
+                               tower=tower)
     if part is None:
         raise TowerError(
             f"family {spec.family!r} ({type(spec).__name__}) cannot be loaded one tower at a time: no plugin "
             f"implements select_tower for its {type(model).__name__} model; load the whole model"
         )
-    if not isinstance(part, torch.nn.Module):
-        raise PluginError(f"select_tower returned {type(part).__name__}, not an nn.Module", hook="select_tower")
     kept_keys = set(part.state_dict(keep_vars=True))
     full = model.state_dict(keep_vars=True)
     kept: dict[str, torch.Tensor] = {}

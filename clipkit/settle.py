@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit import provenance
-from clipkit.errors import AmbiguousArchitectureError, PluginError
+from clipkit.errors import AmbiguousArchitectureError
 from clipkit.plugins import PluginRegistry
 from clipkit.spec import ArchSpec, ModelSource
 
@@ -28,14 +28,8 @@ __all__ = ["configure", "known_release", "settle"]
 
 def configure(spec: ArchSpec, path: Path | None, registry: PluginRegistry) -> ArchSpec:
     """Ask every ``configure_spec`` plugin; return the one answer, or ``spec`` when none answers."""
-    answers, failures = registry.call_all("configure_spec", spec=spec, path=path)
-    for plugin_name, answer in answers:
-        if not isinstance(answer, ArchSpec):
-            raise PluginError(
-                f"plugin {plugin_name!r} answered configure_spec with {type(answer).__name__}; "
-                "it must return a clipkit.ArchSpec or None",
-                plugin=plugin_name, hook="configure_spec",
-            )
+    answers, failures = registry.call_all("configure_spec", returns=(ArchSpec, "a clipkit.ArchSpec"), spec=spec,
+                                          path=path)
     if len(answers) > 1:
         names = [name for name, _ in answers]
         raise AmbiguousArchitectureError(

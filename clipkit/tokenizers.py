@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from clipkit.errors import ConfigurationError, PluginError
+from clipkit.errors import ConfigurationError
 from clipkit.plugins import PluginRegistry, get_registry
 from clipkit.spec import ArchSpec
 
@@ -25,14 +25,9 @@ SPEC_ATTRIBUTE = "clipkit_spec"
 def make_tokenizer(spec: ArchSpec, *, registry: PluginRegistry | None = None) -> Callable[..., torch.Tensor]:
     """The tokenizer for ``spec`` from the first ``make_tokenizer`` plugin that answers."""
     registry = registry or get_registry()
-    tokenizer = registry.call_first("make_tokenizer", spec=spec)
+    tokenizer = registry.call_first("make_tokenizer", returns=(Callable, "a callable"), spec=spec)
     if tokenizer is None:  # only possible when the built-in default was unregistered
         raise ConfigurationError(f"no plugin makes a tokenizer for family {spec.family!r}")
-    if not callable(tokenizer):
-        raise PluginError(
-            f"make_tokenizer returned {type(tokenizer).__name__} for family {spec.family!r}, not a callable",
-            hook="make_tokenizer",
-        )
     return tokenizer
 
 
