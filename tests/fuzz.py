@@ -343,6 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     base = Path(args.work or tempfile.mkdtemp(prefix="clipkit-fuzz-"))
+    try:
+        return _run(args, base)
+    finally:
+        if args.work is None:  # a folder we made; one the caller named is theirs
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, base: Path) -> int:
+    """Build the seeds under ``base``, fuzz in rounds until ``args.minutes`` are up, print the figures."""
     seeds = build_seeds(base / "seeds", release=True)
     started = time.monotonic()
     deadline = started + args.minutes * 60
@@ -377,7 +386,6 @@ def main(argv: list[str] | None = None) -> int:
         result = record["result"] or {}
         print(f"  {record['name']}: {result.get('outcome')} {str(result.get('message', ''))[:200]}")
     print(f"time: {elapsed:.0f} s")
-    shutil.rmtree(base, ignore_errors=True)
     return 1 if failures else 0
 
 
