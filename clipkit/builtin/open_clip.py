@@ -43,6 +43,8 @@ _IGNORED_TEXT = {"pad_id", "output_tokens", "hf_model_pretrained", "hf_proj_type
 _IGNORED_TOP = {"init_logit_scale", "nonscalar_logit_scale", "output_dict", "cast_dtype"}
 #: open_clip's custom attention block features: their weights and maths are not clipkit's block
 _CUSTOM_BLOCK = ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc")
+#: tower keys naming a foreign tower or tokenizer: reported before anything else
+_FOREIGN = ("timm_model_name", "hf_model_name", "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs")
 _UNBUILDABLE = {
     "timm_model_name": "a timm image tower",
     "hf_model_name": "a transformers text tower",
@@ -94,19 +96,26 @@ def _unsupported(config_path: Path, field: str, value: Any, why: str) -> Unsuppo
 
 
 def check_buildable(config_path: Path, model_cfg: Mapping[str, Any]) -> None:
-    """Raise ``UnsupportedConfigError`` naming the first ``model_cfg`` field clipkit cannot build or does not know."""
+    """Raise ``UnsupportedConfigError`` naming a ``model_cfg`` field clipkit cannot build or does not know.
+
+    The most telling field is named first: a timm or transformers tower or
+    another tokenizer, then a custom text tower or CoCa, then anything unknown.
+    """
+    known = {"vision_cfg": _VISION_KEYS | _IGNORED_VISION, "text_cfg": _TEXT_KEYS | _IGNORED_TEXT}
+    for tower in known:
+        if not isinstance(model_cfg[tower], dict):
+            raise CheckpointError(f"{config_path}: model_cfg.{tower} must be an object, got {model_cfg[tower]!r}")
+        for key, value in model_cfg[tower].items():
+            if key in _FOREIGN and value:
+                raise _unsupported(config_path, f"model_cfg.{tower}.{key}", value, _UNBUILDABLE[key])
     top = set(model_cfg) - {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_bias"} - _IGNORED_TOP
-    for key in sorted(top):
+    for key in sorted(top, key=lambda k: (k != "multimodal_cfg", k)):  # CoCa says so first
         if key == "custom_text" and not model_cfg[key]:
             continue
         why = {"custom_text": "a custom text tower (CustomTextCLIP)", "multimodal_cfg": "a multimodal decoder (CoCa)"}
         raise _unsupported(config_path, f"model_cfg.{key}", model_cfg[key], why.get(key, "a setting clipkit does not know"))
-    known = {"vision_cfg": _VISION_KEYS | _IGNORED_VISION, "text_cfg": _TEXT_KEYS | _IGNORED_TEXT}
     for tower, keys in known.items():
-        cfg = model_cfg[tower]
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"{config_path}: model_cfg.{tower} must be an object, got {cfg!r}")
-        for key, value in cfg.items():
+        for key, value in model_cfg[tower].items():
             field = f"model_cfg.{tower}.{key}"
             if key in _UNBUILDABLE and value:
                 raise _unsupported(config_path, field, value, _UNBUILDABLE[key])
