@@ -13,6 +13,7 @@ family):
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,42 @@ from clipkit.nn import TOWERS
 from clipkit.plugins import PluginRegistry, get_registry
 from clipkit.spec import ArchSpec, Provenance
 
-__all__ = ["one_tower", "resize", "target_spec"]
+__all__ = ["check_sizes", "one_tower", "resize", "target_spec"]
+
+
+def _side(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        return None
+    return int(value)
+
+
+def check_sizes(
+    image_resolution: Any = None, context_length: Any = None
+) -> tuple[int | tuple[int, int] | None, int | None]:
+    """The caller's ``image_resolution`` and ``context_length`` checked and normalised, as ``clipkit.load`` takes them.
+
+    ``image_resolution`` is ``None``, a positive int or a ``(height, width)``
+    pair (tuple or list) of positive ints; ``context_length`` ``None`` or a
+    positive int (bools, floats, strings and nested values are refused).
+    Returns them as ints and a tuple; raises ``ConfigurationError`` naming the
+    value otherwise.
+    """
+    resolution: int | tuple[int, int] | None = None
+    if image_resolution is not None:
+        sides = image_resolution if isinstance(image_resolution, (tuple, list)) else None
+        if sides is None:
+            resolution = _side(image_resolution)
+        elif len(sides) == 2 and None not in (checked := (_side(sides[0]), _side(sides[1]))):
+            resolution = checked  # type: ignore[assignment]
+        if resolution is None:
+            raise ConfigurationError(
+                f"image_resolution must be a positive int or a (height, width) pair of positive ints, "
+                f"got {image_resolution!r}"
+            )
+    length = None if context_length is None else _side(context_length)
+    if context_length is not None and length is None:
+        raise ConfigurationError(f"context_length must be a positive int, got {context_length!r}")
+    return resolution, length
 
 
 def target_spec(

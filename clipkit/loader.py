@@ -189,6 +189,7 @@ def load(
     ``tower="image"`` or ``"text"`` returns that encoder alone; the other
     tower's tensors are never read nor allocated.
     """
+    image_resolution, context_length = adapt.check_sizes(image_resolution, context_length)
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
     path = resolve_source(source, download_root=download_root, sha256=sha256, storage_options=storage_options,

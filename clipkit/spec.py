@@ -49,7 +49,7 @@ def _square_or_pair(value: Any) -> Any:
 
 def _resolution(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     sides = value if isinstance(value, tuple) else (value,)
-    if len(sides) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sides):
+    if len(sides) != (2 if isinstance(value, tuple) else 1) or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sides):
         raise ConfigurationError(
             f"{type(instance).__name__}.{attribute.name} must be a positive int or a (height, width) pair "
             f"of positive ints, got {value!r}"

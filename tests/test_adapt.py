@@ -8,6 +8,7 @@ computation for the text length, and the full clipkit model for the towers.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -115,6 +116,30 @@ def test_conflicting_requests_are_configuration_errors(files):
         clipkit.load(path, device="cpu", tower="both")
     with pytest.raises(ConfigurationError, match="image_resolution"):
         clipkit.load(path, device="cpu", image_resolution=(48, 48, 3))
+
+
+@pytest.mark.parametrize(
+    "size", [(32,), (), (32, 32, 3), True, (True, 32), 32.0, (32.0, 32), "32", ("32", "32"), ((32, 32),), [[32], 32],
+             0, -32, (32, 0), {"height": 32}],
+)
+def test_a_malformed_image_resolution_is_refused_where_it_enters(tmp_path, size):
+    # the source does not exist: the value is refused before anything is resolved or read
+    with pytest.raises(ConfigurationError, match=r"image_resolution must be .*got " + re.escape(repr(size))):
+        clipkit.load(tmp_path / "missing.pt", device="cpu", image_resolution=size)
+
+
+def test_a_malformed_context_length_is_refused_where_it_enters(tmp_path):
+    for length in (True, 12.0, "12", (12,), 0):
+        with pytest.raises(ConfigurationError, match="context_length must be a positive int, got " + re.escape(repr(length))):
+            clipkit.load(tmp_path / "missing.pt", device="cpu", context_length=length)
+
+
+def test_a_one_sided_tuple_on_the_model_file_is_a_configuration_error(files):
+    # the QA repro: (32,) once reached the resize hook and raised IndexError there
+    with pytest.raises(ConfigurationError, match=re.escape("got (32,)")):
+        clipkit.load(files["vit"][0], device="cpu", image_resolution=(32,))
+    with pytest.raises(ConfigurationError, match="image_resolution"):
+        clipkit.ArchSpec(family="vit", image_resolution=(32,))
 
 
 # -- another text length ------------------------------------------------------------------------------
