@@ -44,7 +44,7 @@ def load_results(paths: list[Path]) -> tuple[list[dict], list[dict]]:
 
 def machine_line(data: dict) -> str:
     m = data["machine"]
-    threads = f"OMP_NUM_THREADS={data['threads']}" if data.get("threads") else "torch's default threads"
+    threads = f"{data['threads']} thread(s)" if data.get("threads") else "torch's default threads"
     return (f"Taken {m['date']} on {m['cpu']}, {m['memory']} RAM, GPU: {m['gpu']}; torch {m['torch']}, "
             f"Python {m['python']}; {threads}; load average at the end {m['load_average']} (shared machine).")
 
@@ -117,7 +117,7 @@ def plot(loads: list[dict], target: Path) -> None:
 
     rows = [(data, (model, loader), s) for data in loads for (model, loader), s in medians(data).items()
             if "load_s" in s]
-    fig, (times, memory) = plt.subplots(1, 2, figsize=(12, 0.42 * len(rows) + 1.6), sharey=True)
+    fig, (times, memory) = plt.subplots(1, 2, figsize=(12, 0.42 * len(rows) + 2.0), sharey=True)
     labels = [f"{model} {loader}" + ("" if data["device"] == "cpu" else " (CUDA)") for data, (model, loader), _ in rows]
     y = range(len(rows))
     start = [s["whole_s"] - s["import_s"] - s["load_s"] for _, _, s in rows]
@@ -129,7 +129,7 @@ def plot(loads: list[dict], target: Path) -> None:
     times.set_xlabel("seconds, fresh process (median)")
     times.set_yticks(list(y), labels)
     times.invert_yaxis()
-    times.legend(loc="lower right", fontsize=8)
+    times.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / len(rows) - 0.08), ncol=3, fontsize=8)
     mem = [s.get("peak_gpu_mib") if data["device"] == "cuda" else s["peak_rss_mib"] for data, _, s in rows]
     memory.barh(y, [m or 0 for m in mem], color=["#5cb85c" if key[1] == "clipkit" else "#999999"
                                                  for _, key, _ in rows])
