@@ -61,7 +61,7 @@ def checkpoint(name: str, cache_dir: Path, *, kind: str = "state_dict") -> Path:
 
         state_dict = factories().make_state_dict(config, seed=0, dtype=torch.float16)
         model = openai_clip().model.build_model(dict(state_dict)).eval()  # fp16, as the releases were traced
-        to_torchscript(model, partial, batch_size=1)
+        to_torchscript(model, partial, batch_size=1, overwrite=True)  # a .partial left by an aborted run
     else:
         raise ValueError(f"kind must be 'state_dict' or 'torchscript', not {kind!r}")
     partial.replace(path)

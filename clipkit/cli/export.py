@@ -10,7 +10,10 @@ FORMATS = ("torchscript", "onnx", "safetensors", "transformers")  # clipkit.expo
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load ``args.source`` (one tower only for ``--tower``) and write it to ``args.output`` in ``args.format``; print what was written."""
+    """Load ``args.source`` (one tower only for ``--tower``) and write it to ``args.output`` in ``args.format``; print what was written.
+
+    An existing output is refused unless ``--force`` (``--overwrite``) asks to replace it.
+    """
     import torch
 
     from clipkit import export
@@ -23,16 +26,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--device and --dtype apply to --format torchscript only, not {args.format}")
     model, _ = load(args.source, device="cpu", download_root=args.download_root, sha256=args.sha256, tower=args.tower)
     if args.format == "onnx":
-        for path in export.to_onnx(model, args.output).values():
+        for path in export.to_onnx(model, args.output, overwrite=args.force).values():
             print(path)
         return 0
     if args.format == "safetensors":
-        print(export.to_safetensors(model, args.output))
+        print(export.to_safetensors(model, args.output, overwrite=args.force))
     elif args.format == "transformers":
-        print(export.to_transformers(model, args.output))
+        print(export.to_transformers(model, args.output, overwrite=args.force))
     else:
         dtype = getattr(torch, args.dtype) if args.dtype else None
-        print(export.to_torchscript(model, args.output, device=args.device, dtype=dtype))
+        print(export.to_torchscript(model, args.output, device=args.device, dtype=dtype, overwrite=args.force))
     return 0
 
 
@@ -48,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="torchscript",
                    help="torchscript (default): one .pt archive; onnx: image.onnx and text.onnx, each verified with "
                         "onnxruntime; safetensors: weights plus NAME.clipkit.json; transformers: a CLIPModel folder")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace an existing output (file, sidecar or non-empty folder); it is swapped in only once "
+                        "the new one is complete")
     p.add_argument("--tower", choices=("image", "text"), help="onnx: export this tower only (the other is never read)")
     p.add_argument("--device", default=None, help="torchscript: device to trace on (default: cpu)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],

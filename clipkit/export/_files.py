@@ -28,22 +28,92 @@ _DTYPE_NAMES: dict[torch.dtype, str] = {
 }
 
 
-@contextlib.contextmanager
-def staged(out: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh folder beside ``out`` to write into; its files move into ``out`` only if the block succeeds.
+def _refuse_existing(targets: list[Path], overwrite: bool, *, folder: bool) -> None:
+    """``ExportError`` for a target that exists (a folder: one holding anything) unless ``overwrite``."""
+    for target in targets:
+        if folder and target.is_dir() and not target.is_symlink():
+            if overwrite or not any(target.iterdir()):
+                continue
+            raise ExportError(f"{target} is a folder that already holds files; pass overwrite=True (--force) to replace it")
+        if not folder and target.is_dir():
+            raise ExportError(f"{target} is a folder; name the file to write")
+        if os.path.lexists(target) and not overwrite:
+            raise ExportError(f"{target} already exists; pass overwrite=True (--force) to replace it")
 
-    On any exception the staging folder is removed, so an export never leaves
-    a partial file behind. Files already in ``out`` with other names stay.
+
+def _make_parent(parent: Path) -> Path | None:
+    """Create ``parent`` (and its missing ancestors); return the topmost folder created, or ``None``."""
+    missing = next((p for p in reversed((parent, *parent.parents)) if not p.exists()), None)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the folder {parent} to export into ({exc.strerror or exc})") from exc
+    return missing
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target`` by renames; an existing folder is moved aside first and restored if that fails."""
+    real_dir = target.is_dir() and not target.is_symlink()
+    if not os.path.lexists(target) or (new.is_dir() and real_dir and not any(target.iterdir())) or (
+        not new.is_dir() and not real_dir
+    ):
+        os.replace(new, target)  # one atomic rename: onto nothing, a file onto a file, a folder onto an empty one
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old = aside / target.name
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(
+    out: str | os.PathLike[str], names: tuple[str, ...] | None = None, *, overwrite: bool = False
+) -> Iterator[Path]:
+    """A fresh folder to write an export into, moved into place only if the block succeeds.
+
+    With ``names``, ``out`` is a file path and the block writes those file
+    names (``out``'s and its side files), each replacing ``out.parent/name``
+    by one rename; without, ``out`` is a folder and the block's folder
+    becomes it as a whole. An existing target (a folder: a non-empty one) is
+    refused with ``ExportError`` unless ``overwrite``; when replaced, the old
+    one stays intact until the new one is complete. Any OS error is an
+    ``ExportError`` naming the path, and on any failure nothing new is left
+    (the staging folder and the folders created for it are removed).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".clipkit-export-", dir=out))
+    targets = [out.parent / name for name in names] if names is not None else [out]
+    _refuse_existing(targets, overwrite, folder=names is None)
+    created = _make_parent(out.parent)
+    stage: Path | None = None
     try:
-        yield stage
-        for item in sorted(stage.iterdir()):
-            os.replace(item, out / item.name)
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.clipkit-export-", dir=out.parent))
+            work = stage / "out"
+            work.mkdir()  # made as the caller's umask says, unlike mkdtemp's private folder
+        except OSError as exc:
+            raise ExportError(f"cannot write into {out.parent} ({exc.strerror or exc})") from exc
+        try:
+            yield work
+            if names is None:
+                _swap(work, out)
+            else:
+                for name in names:
+                    _swap(work / name, out.parent / name)
+        except OSError as exc:
+            raise ExportError(f"cannot write {out} ({exc.strerror or exc})") from exc
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_safetensors(

@@ -127,6 +127,7 @@ def to_onnx(
     opset: int = 17,
     batch_size: int = 2,
     atol: float = 1e-4,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Export ``model``'s towers as ONNX graphs into the folder ``out``; return ``{tower: path}``.
 
@@ -135,14 +136,16 @@ def to_onnx(
     float32 on the CPU (a copy when it is not already). Each graph is traced
     with ``batch_size`` and has a dynamic batch axis; it is then run under
     onnxruntime on ``batch_size + 1`` inputs and must match torch within
-    ``atol``, else ``ExportError`` and no file is left. Needs the ``onnx``
-    extra (``pip install 'clipkit[onnx]'``).
+    ``atol``, else ``ExportError`` and no file is left. An existing ``out``
+    that holds anything is refused (``ExportError``) unless ``overwrite``,
+    which replaces the whole folder once the new one is complete. Needs the
+    ``onnx`` extra (``pip install 'clipkit[onnx]'``).
     """
     onnx, onnxruntime = _import_onnx()
     towers = _towers_of(model, tower)
     work = _for_export(model)
     written: dict[str, Path] = {}
-    with staged(out) as stage, torch.no_grad():
+    with staged(out, overwrite=overwrite) as stage, torch.no_grad():
         for name in towers:
             method, input_name, output_name = _TOWERS[name]
             file = stage / f"{name}.onnx"

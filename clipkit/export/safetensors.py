@@ -25,7 +25,7 @@ from clipkit.export._files import staged, write_json, write_safetensors
 from clipkit.export.spec import model_spec
 from clipkit.spec import ArchSpec, Provenance
 
-__all__ = ["sidecar_fields", "to_safetensors"]
+__all__ = ["sidecar_document", "sidecar_fields", "to_safetensors"]
 
 
 def _plain(value: Any) -> Any:
@@ -62,26 +62,35 @@ def sidecar_fields(state_dict: dict[str, torch.Tensor], spec: ArchSpec) -> dict[
     return fields
 
 
-def to_safetensors(model: nn.Module, path: str | os.PathLike[str], *, spec: ArchSpec | None = None) -> Path:
+def sidecar_document(state_dict: dict[str, torch.Tensor], spec: ArchSpec) -> dict[str, Any]:
+    """The spec sidecar of weights ``state_dict`` built as ``spec``: format, family and ``sidecar_fields``."""
+    fields = sidecar_fields(state_dict, spec)
+    return {
+        "format": SIDECAR_FORMAT,
+        "family": spec.family,
+        "spec_class": type(spec).__name__,
+        "fields": {name: _plain(value) for name, value in fields.items()},
+    }
+
+
+def to_safetensors(
+    model: nn.Module, path: str | os.PathLike[str], *, spec: ArchSpec | None = None, overwrite: bool = False
+) -> Path:
     """Write ``model``'s weights to ``path`` (safetensors, OpenAI keys, the model's dtypes) and its spec sidecar.
 
     The sidecar (``path`` with the suffix ``.clipkit.json``) lists the fields
     that the shapes cannot show (see ``sidecar_fields``); ``spec`` defaults to
     the one ``clipkit.load`` attached to the model. Returns the weights' path;
     raises ``ExportError`` (nothing written) for a model that would not reload
-    as itself, such as a single tower.
+    as itself, such as a single tower. An existing file or sidecar is refused
+    (``ExportError``) unless ``overwrite``, which replaces each by a rename
+    once the new ones are complete.
     """
     spec = model_spec(model, spec)
     path = Path(path)
     state_dict = {key: value.detach() for key, value in model.state_dict().items()}
-    fields = sidecar_fields(state_dict, spec)
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "family": spec.family,
-        "spec_class": type(spec).__name__,
-        "fields": {name: _plain(value) for name, value in fields.items()},
-    }
-    with staged(path.parent) as stage:
+    sidecar = sidecar_document(state_dict, spec)
+    with staged(path, (sidecar_path(path).name, path.name), overwrite=overwrite) as stage:
         write_safetensors(state_dict, stage / path.name, metadata={"clipkit_family": spec.family})
         write_json(sidecar, stage / sidecar_path(path).name)
     return path

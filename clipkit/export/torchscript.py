@@ -9,15 +9,19 @@ open_clip's ``load_openai_model`` all read it.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from clipkit.builtin.sidecar import ARCHIVE_ENTRY
 from clipkit.errors import JITError
 from clipkit.export._files import staged
+from clipkit.export.safetensors import sidecar_document
 from clipkit.jit import _CLIP_METHODS, _quiet_torchscript
+from clipkit.spec import ArchSpec
 
 __all__ = ["to_torchscript"]
 
@@ -29,6 +33,8 @@ def to_torchscript(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     batch_size: int = 2,
+    spec: ArchSpec | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Trace ``model`` into a TorchScript archive at ``path`` shaped like the official releases; return the path.
 
@@ -42,6 +48,14 @@ def to_torchscript(
     ``clipkit.nn.cast_model``) on a copy; ``model`` itself is never changed.
     The graph is specialised to what tracing sees: the device and dtype above
     (``load_jit`` patches them) and any batch size is fine.
+
+    The archive also carries the spec sidecar ``to_safetensors`` writes (the
+    fields the shapes cannot show, from ``spec`` or the ``clipkit_spec``
+    ``clipkit.load`` attached) as its extra file ``extra/clipkit.json``, so a
+    plain ``clipkit.load(path)`` (``jit=False``) rebuilds the same model with
+    nothing assumed; a model without a spec is exported without it. An
+    existing ``path`` is refused (``ExportError``) unless ``overwrite``, which
+    replaces it by one rename once the new archive is complete.
     """
     for name in (*_CLIP_METHODS, "forward"):
         if not callable(getattr(model, name, None)):
@@ -64,6 +78,7 @@ def to_torchscript(
         if device is not None:
             work.to(torch.device(device))
     carrier = _with_buffers(work, metadata)
+    extra_files = _spec_sidecar(model, spec)
     param = next(work.parameters())
     generator = torch.Generator().manual_seed(0)
     resolution, context, vocab = metadata["input_resolution"], metadata["context_length"], metadata["vocab_size"]
@@ -76,9 +91,18 @@ def to_torchscript(
             check_trace=False,
         )
         path = Path(path)
-        with staged(path.parent) as stage:  # the archive appears whole or not at all
-            torch.jit.save(traced, str(stage / path.name))
+        with staged(path, (path.name,), overwrite=overwrite) as stage:  # the archive appears whole or not at all
+            torch.jit.save(traced, str(stage / path.name), _extra_files=extra_files)
     return path
+
+
+def _spec_sidecar(model: nn.Module, spec: ArchSpec | None) -> dict[str, str]:
+    """The archive's extra files: the spec sidecar when the model has a spec (a loaded archive's stand-in is none)."""
+    spec = spec if spec is not None else getattr(model, "clipkit_spec", None)
+    if not isinstance(spec, ArchSpec) or spec.family == "torchscript":
+        return {}
+    state_dict = {key: value.detach() for key, value in model.state_dict().items()}
+    return {ARCHIVE_ENTRY: json.dumps(sidecar_document(state_dict, spec), indent=2)}
 
 
 def _export_metadata(model: nn.Module) -> dict[str, int]:

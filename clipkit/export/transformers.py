@@ -186,18 +186,21 @@ def preprocessor_config(spec: Any) -> dict[str, Any]:
     }
 
 
-def to_transformers(model: nn.Module, out: str | os.PathLike[str], *, spec: Any = None) -> Path:
+def to_transformers(model: nn.Module, out: str | os.PathLike[str], *, spec: Any = None, overwrite: bool = False) -> Path:
     """Write ``model`` as a transformers ``CLIPModel`` folder at ``out``; return the folder.
 
     ``spec`` defaults to the spec ``clipkit.load`` attached to the model.
     Weights are written in float32. Raises ``ExportError`` for a model
     ``CLIPModel`` cannot express (a ResNet, a non-square input, open_clip
     variants such as layer scale or another pooling); nothing is written then.
+    An existing ``out`` that holds anything is refused (``ExportError``)
+    unless ``overwrite``, which replaces the whole folder once the new one is
+    complete.
     """
     spec = model_spec(model, spec)
     _check_expressible(spec)
     tensors = openai_to_transformers({k: v.float() for k, v in model.state_dict().items()})
-    with staged(out) as stage:
+    with staged(out, overwrite=overwrite) as stage:
         write_safetensors(tensors, stage / "model.safetensors")
         write_json(config(spec), stage / "config.json")
         write_json(preprocessor_config(spec), stage / "preprocessor_config.json")
