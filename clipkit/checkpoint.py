@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from clipkit.errors import CheckpointError, CheckpointNotFoundError
-from clipkit.inputs import check_regular_file, check_source_argument
+from clipkit.inputs import check_path_length, check_regular_file, check_source_argument, local_path
 from clipkit import torchfile
-from clipkit.limits import MAX_JSON_BYTES, inside, parse_json, read_json
+from clipkit.limits import MAX_JSON_BYTES, check_shape, inside, parse_json, read_json
 from clipkit.zipstore import LOCAL_HEADER
 
 _PICKLE_PROTO = b"\x80"
@@ -76,7 +76,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ``UnsafeCheckpointError`` (a pickle that asks for code).
     """
     check_source_argument(path)
-    path = Path(path)
+    path = local_path(os.fspath(path))
     if not os.path.lexists(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -125,6 +125,9 @@ def _shard_set(path: Path, files: list[Path]) -> list[Path]:
             raise CheckpointError(f"{indexes[0]} is not a valid safetensors index: no weight_map of file names")
         names = sorted(set(weight_map.values()))
         shards = [inside(path, name, what=str(indexes[0])) for name in names]
+        for shard in shards:
+            check_path_length(shard, error=CheckpointError, what=f"{indexes[0]} names shard")
+            check_regular_file(shard)  # a FIFO or device shard is not "missing": say what it is
         missing = [name for name, shard in zip(names, shards) if not shard.is_file()]
         if missing:
             raise CheckpointError(f"{path} is missing shards listed in {indexes[0].name}: {', '.join(missing)}")
@@ -233,7 +236,8 @@ def _safetensors_entry(path: Path, key: str, info: Any) -> tuple[torch.dtype, li
         raise CheckpointError(f"{path}: safetensors entry {key!r} is malformed or has an unsupported dtype") from exc
     numbers = [*shape, begin, end]
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or begin > end:
-        raise CheckpointError(f"{path}: safetensors entry {key!r} has an invalid shape or offsets ({info})")
+        raise CheckpointError(f"{path}: safetensors entry {key!r} has an invalid shape or offsets ({info!s:.200})")
+    check_shape(path, repr(key), shape)
     return dtype, shape, begin, end
 
 

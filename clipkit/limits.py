@@ -15,6 +15,7 @@ import math
 import os
 import re
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from clipkit.errors import CheckpointError
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_NESTING",
     "TensorBudget",
     "check_json_text",
+    "check_shape",
     "inflate_cap",
     "inside",
     "read_json",
@@ -38,7 +40,32 @@ DEFLATE_FILE_RATIO = 16  # ... and all deflated entries of one file together thi
 _SLACK_ENTRY = 1 << 20
 _SLACK_FILE = 64 << 20
 
+MAX_RANK = 64  # dimensions of one tensor: real weights have at most five
+_MAX_ELEMENTS = 1 << 62  # elements of one tensor, and every partial product of its dims (torch counts in int64)
+
 _JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)  # a string (skipped) or a bracket
+
+
+def check_shape(path: object, what: str, shape: Sequence[int]) -> None:
+    """Refuse a tensor shape torch cannot hold: over ``MAX_RANK`` dims, or dims whose running product overflows.
+
+    Torch multiplies every dim (zeros included, in order) in int64 and raises
+    a bare ``RuntimeError`` on overflow; this names the tensor instead, with
+    ``CheckpointError``. Dims are assumed to be non-negative ints already.
+    """
+    if len(shape) > MAX_RANK:
+        raise CheckpointError(
+            f"{path}: tensor {what} has {len(shape)} dimensions, more than clipkit's limit of {MAX_RANK}; "
+            "the file is damaged or crafted"
+        )
+    product = 1
+    for n in shape:
+        product *= max(n, 1)
+        if product >= _MAX_ELEMENTS:
+            raise CheckpointError(
+                f"{path}: tensor {what} has shape {list(shape)[:8]}{'...' if len(shape) > 8 else ''}, too many "
+                "elements for any tensor (the count overflows 64 bits); the file is damaged or crafted"
+            )
 
 
 def check_json_text(text: str, *, what: str) -> None:
@@ -179,6 +206,7 @@ class TensorBudget:
                 f"{self.path}: tensor {what} has an invalid view (offset {offset}, size {list(size)}, "
                 f"stride {list(stride)}); the file is damaged or crafted"
             )
+        check_shape(self.path, what, size)
         numel = math.prod(size)
         if numel == 0:
             return

@@ -79,6 +79,9 @@ def meta_tensors_outside_state_dict(model: torch.nn.Module) -> list[str]:
     return names
 
 
+_PLACEABLE = frozenset({"cpu", "cuda", "mps"})
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The target device: ``device`` if given (checked to exist), else CUDA when available, else CPU."""
     if device is None:
@@ -87,6 +90,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigurationError(f"{device!r} is not a device; use 'cpu', 'cuda', 'cuda:1' or 'mps'") from exc
+    if resolved.type not in _PLACEABLE:
+        raise ConfigurationError(
+            f"device {device!r} is not one clipkit can load weights onto ({resolved.type!r} holds no values or is not "
+            "supported); use 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError(f"device {device!r} was asked for but CUDA is not available; pass device='cpu'")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():

@@ -11,7 +11,7 @@ from typing import Any
 from clipkit.errors import CheckpointNotFoundError, NoFetcherError, PluginError, UnknownModelError
 from clipkit.fetching.hub import is_hub_source
 from clipkit.fetching.redact import redact_url
-from clipkit.inputs import check_regular_file, check_source_argument
+from clipkit.inputs import check_regular_file, check_source_argument, local_path
 from clipkit.plugins import PluginRegistry, PluginWarning, get_registry
 from clipkit.spec import ModelSource, check_sha256
 
@@ -111,7 +111,7 @@ def resolve_source(
             return fetch_named(text, models[text], cache_dir=cache_dir(download_root), registry=registry,
                                sha256=sha256, storage_options=storage_options, mirror=mirror,
                                archive_only=archive_only).path
-    local = Path(text).expanduser()
+    local = local_path(text) if "://" not in text else Path(text)
     if "://" not in text and not is_hub_source(text):
         if local.exists():
             check_regular_file(local)

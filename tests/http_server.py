@@ -32,10 +32,14 @@ SEND_CHUNK = 16 * 1024
 
 @dataclass(frozen=True)
 class Status:
-    """Answer with this status (and an optional ``Retry-After`` in seconds or as an HTTP date), no body."""
+    """Answer with this status (and an optional ``Retry-After`` in seconds or as an HTTP date), no body.
+
+    ``location``: a ``Location`` header, for a redirect (``Status(302, location=...)``).
+    """
 
     code: int
     retry_after: str | int | None = None
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
-    def _status_only(self, code: int, retry_after: str | int | None = None) -> None:
+    def _status_only(self, code: int, retry_after: str | int | None = None, location: str | None = None) -> None:
         self.record.status = code
         self.send_response(code)
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
+        if location is not None:
+            self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.send_header("Connection", "close")
         self.end_headers()
@@ -137,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._status_only(resource.status)
             return
         if isinstance(fault, Status):
-            self._status_only(fault.code, fault.retry_after)
+            self._status_only(fault.code, fault.retry_after, fault.location)
             return
         data = resource.data
         if isinstance(fault, Corrupt):

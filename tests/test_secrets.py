@@ -17,7 +17,7 @@ import pytest
 
 import clipkit
 from clipkit import fetching
-from clipkit.errors import AccessDeniedError, ClipkitError, FetchError, SourceNotFoundError
+from clipkit.errors import AccessDeniedError, ClipkitError, ConfigurationError, FetchError, SourceNotFoundError
 from clipkit.fetching.redact import redact_url
 from http_server import LoopbackServer, Status
 from test_fetch_http import _fetch_env, server, sleeps  # noqa: F401 - the fetch tests' fixtures, shared
@@ -108,6 +108,67 @@ def test_a_transient_status_is_still_retried(server: LoopbackServer, tmp_path: P
     ("s3://KEY:SECRET@bucket/k.pt", "s3://***@bucket/k.pt"),
     ("simplecache::https://h/x.pt?token=t0k3n", "simplecache::https://h/x.pt?token=***"),
     ("/plain/local/path.pt", "/plain/local/path.pt"),
+    ("https://h/x.pt#token=t0k3n&sha256=" + "ab" * 32, "https://h/x.pt#token=***&sha256=" + "ab" * 32),
+    ("https://h/d;v=1/x.pt;token=t0k3n;b", "https://h/d;v=***/x.pt;token=***;***"),
 ])
 def test_redaction_masks_userinfo_and_query_values(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("secret_part", [f"#token={TOKEN}", f";token={TOKEN}"])
+def test_fragment_and_path_parameter_values_never_appear_anywhere(
+        server: LoopbackServer, tmp_path: Path, sleeps: list[float], capfd: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, secret_part: str) -> None:
+    caplog.set_level("DEBUG")
+    with pytest.raises(SourceNotFoundError) as info:
+        fetching.fetch(server.url("/f/missing.pt") + secret_part, cache_dir=tmp_path, progress=True)
+    assert "token=***" in str(info.value)
+    shown = _shown(info.value) + _everything_written(tmp_path) + "".join(capfd.readouterr()) + caplog.text
+    assert TOKEN not in shown
+    assert any(p.name.startswith("missing-") and p.name.endswith(".pt.lock") for p in (tmp_path / ".clipkit").iterdir())
+
+
+@pytest.mark.parametrize("url", [f"s3://AKIAEXAMPLE:{PASSWORD}@bucket/x.pt", f"ftp://user:{PASSWORD}@127.0.0.1:1/x.pt"])
+def test_credentials_in_an_fsspec_url_are_refused_before_any_io(tmp_path: Path, url: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    with pytest.raises(ConfigurationError, match="storage_options") as info:
+        fetching.fetch(url, cache_dir=tmp_path)
+    assert PASSWORD not in _shown(info.value) + caplog.text and "AKIAEXAMPLE" not in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_fsspec_connection_failure_is_reported_as_one(tmp_path: Path, sleeps: list[float]) -> None:
+    with pytest.raises(FetchError, match="could not fetch ftp://127.0.0.1:1/x.pt: ConnectionRefusedError") as info:
+        fetching.fetch("ftp://127.0.0.1:1/x.pt", cache_dir=tmp_path)
+    assert "cache directory" not in str(info.value)
+
+
+@pytest.mark.parametrize("endpoint", [f"http://user:{PASSWORD}@127.0.0.1:9", f"http://127.0.0.1:9/?token={TOKEN}"])
+def test_an_hf_endpoint_with_credentials_is_refused_without_echoing_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, endpoint: str) -> None:
+    pytest.importorskip("huggingface_hub")
+    from clipkit.fetching.hub import fetch_hub
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    caplog.set_level("DEBUG")
+    with pytest.raises(ConfigurationError, match="HF_TOKEN") as info:
+        fetch_hub("hf-hub:org/repo")
+    assert PASSWORD not in _shown(info.value) + caplog.text and TOKEN not in _shown(info.value) + caplog.text
+
+
+def test_a_redirect_to_a_url_with_credentials_is_refused_naming_the_target(
+        server: LoopbackServer, tmp_path: Path, sleeps: list[float]) -> None:
+    target = server.url("/x.pt").replace("http://", f"http://u:{PASSWORD}@")
+    server.add("/r/x.pt", DATA, faults=[Status(302, location=target)])
+    with pytest.raises(FetchError, match=r"redirected to http://\*\*\*@127\.0\.0\.1.*credentials") as info:
+        fetching.fetch(server.url("/r/x.pt"), cache_dir=tmp_path)
+    assert PASSWORD not in _shown(info.value) and "does not resolve" not in str(info.value) and sleeps == []
+
+
+def test_a_failure_after_a_redirect_names_the_target_redacted(server: LoopbackServer, tmp_path: Path) -> None:
+    server.add("/r/y.pt", DATA, faults=[Status(302, location=server.url(f"/gone.pt?token={TOKEN}"))])
+    with pytest.raises(SourceNotFoundError, match=r"redirected to .*/gone\.pt\?token=\*\*\*") as info:
+        fetching.fetch(server.url("/r/y.pt"), cache_dir=tmp_path)
+    assert TOKEN not in _shown(info.value)

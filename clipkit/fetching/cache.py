@@ -18,7 +18,8 @@ from clipkit.errors import ConfigurationError, FetchError, OfflineError
 from clipkit.fetching import hashing
 from clipkit.fetching.hashing import checksum_error
 from clipkit.fetching.settings import is_offline
-from clipkit.fetching.sources import S3_SCHEMES, resolve_digest, url_path, url_scheme
+from clipkit.fetching.redact import redact_url
+from clipkit.fetching.sources import HTTP_SCHEMES, S3_SCHEMES, resolve_digest, url_path, url_scheme
 
 META_DIR = ".clipkit"
 PART_SUFFIX = ".part"
@@ -46,7 +47,8 @@ def cache_path(
     reference's layout; any other source with a digest gets
     ``<stem>-<12 hex of the digest><suffix>``, and one without gets
     ``<stem>-<12 hex of SHA-256(URL and object-store endpoint)><suffix>``, so
-    neither two contents nor two URLs ever share a cache entry. Raises
+    neither two contents nor two URLs ever share a cache entry. The name comes
+    from the redacted URL (``redact_url``): no secret is ever part of a file name. Raises
     ``ConfigurationError`` for a malformed digest or a URL without a file name.
     """
     resolved = resolve_digest(os.fspath(location), sha256)
@@ -55,9 +57,12 @@ def cache_path(
 
 def slot(location: str, cache_dir: Path, storage_options: Mapping[str, Any], digest: str | None) -> Path:
     """``cache_path`` for a location whose digest is already resolved (``None``: the URL names the slot)."""
-    raw = posixpath.basename(url_path(location))
+    # named from the redacted URL: a query, ;param or fragment value (tokens, signatures) never names a file
+    raw = posixpath.basename(url_path(redact_url(location)))
     if "?" in raw and "=" in raw.split("?", 1)[1]:
-        raw = raw.split("?", 1)[0]  # a query (tokens, signatures) never names the cached file
+        raw = raw.split("?", 1)[0]
+    if url_scheme(location) in HTTP_SCHEMES:
+        raw = raw.split(";", 1)[0]  # path parameters are not part of the file's name
     name = urllib.parse.unquote(raw).replace("/", "_").replace("\\", "_").replace("\x00", "_")
     if name in ("", ".", "..") or name.startswith("."):
         raise ConfigurationError(

@@ -21,13 +21,16 @@ every other library that uses it. clipkit adds what it owns for every source:
   call), the cache alone serves: a revision's ref or a commit's snapshot, no
   network at all; ``OfflineError`` when it is not there.
 * ``HF_ENDPOINT`` and ``HF_TOKEN`` are read at each call; a revision (branch,
-  tag or commit) pins the files; without one, ``main``.
+  tag or commit) pins the files; without one, ``main``. An ``HF_ENDPOINT``
+  with credentials or a query is refused (``ConfigurationError``): the HTTP
+  client would log it; the token belongs in ``HF_TOKEN``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +48,7 @@ from clipkit.errors import (
 )
 from clipkit.fetching.hub_verify import RECORD_DIR, advertised_digest, verify_hub_file
 from clipkit.fetching.hubref import HF_SCHEME, HUB_PREFIX, HubRef, is_hub_source, parse_hub_source
+from clipkit.fetching.redact import redact_url
 from clipkit.layouts import require_checkpoint
 
 EXTRA_HINT = "pip install 'clipkit[hub]'"
@@ -82,7 +86,21 @@ def hf_cache_dir() -> Path:
 
 
 def _endpoint() -> str | None:
+    """``HF_ENDPOINT`` (trailing ``/`` dropped), refused with ``ConfigurationError`` when it carries a secret.
+
+    ``huggingface_hub`` and httpx quote the endpoint in their own exceptions
+    and INFO/DEBUG "HTTP Request:" log lines, where clipkit cannot mask it, so
+    userinfo, a query, ``;params`` or a fragment are refused before any
+    request (the message never echoes them): the Hub's token goes in HF_TOKEN.
+    """
     value = os.environ.get("HF_ENDPOINT", "").strip()
+    parts = urllib.parse.urlsplit(value)
+    if "@" in parts.netloc or parts.query or parts.fragment or ";" in parts.path or "?" in value or "#" in value:
+        raise ConfigurationError(
+            f"HF_ENDPOINT={redact_url(value)} carries credentials or parameters (user:password@, ?query, ;params or "
+            "#fragment); clipkit does not send secrets that way, where the HTTP client's logs would show them: set "
+            "HF_ENDPOINT to the bare server URL and the token in HF_TOKEN"
+        )
     return value.rstrip("/") or None
 
 
@@ -129,7 +147,7 @@ def _is_transient(exc: BaseException) -> bool:
 def _translate(exc: BaseException, ref: HubRef, endpoint: str | None) -> Exception:
     """The clipkit error for an exception ``huggingface_hub`` raised while serving ``ref``."""
     name = type(exc).__name__
-    where = f" at {endpoint}" if endpoint else ""
+    where = f" at {redact_url(endpoint)}" if endpoint else ""
     status = _status(exc)
     if name == "GatedRepoError" or status in (401, 403) and name != "RepositoryNotFoundError":
         return AccessDeniedError(

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from clipkit.errors import AccessDeniedError, ClipkitError, ConfigurationError, FetchError, SourceNotFoundError
+from clipkit.fetching.redact import scrub
 from clipkit.fetching.settings import FetchSettings
 from clipkit.fetching.sources import S3_SCHEMES, file_segment, url_scheme
 from clipkit.fetching.transports.base import Body, Transient, is_permanent_dns_failure
@@ -28,10 +29,42 @@ def _transient_fsspec_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _refuse_userinfo(location: str, source: str) -> None:
+    """Refuse ``user:secret@`` in any link of an fsspec URL, without echoing it (``ConfigurationError``).
+
+    Filesystems pass such a netloc on as they please (botocore quotes it in its
+    own errors and DEBUG logs), so credentials must come through
+    ``storage_options`` or the protocol's own environment variables instead.
+    """
+    for segment in location.split("::"):
+        netloc = segment.split("://", 1)[1].split("/", 1)[0] if "://" in segment else ""
+        if "@" in netloc:
+            scheme = url_scheme(segment)
+            hint = ("storage_options={'key': ..., 'secret': ...} or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                    "variables (or a profile)") if scheme in S3_SCHEMES else (
+                    "storage_options (e.g. {'username': ..., 'password': ...}) or the protocol's own configuration")
+            raise ConfigurationError(
+                f"{source} carries credentials in its {scheme}:// URL (user:secret@); clipkit does not pass "
+                f"credentials that way, so they cannot reach logs or error messages: use {hint}"
+            )
+
+
+class _Scrubbed:
+    """An exception's text with the URL's secrets masked, and the exception itself (``cause``) for type tests."""
+
+    def __init__(self, text: str, cause: BaseException) -> None:
+        self.text = text
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class FsspecTransport:
     """Reads through any fsspec filesystem; a resumed attempt seeks to where the last one broke off."""
 
     def __init__(self, location: str, source: str, storage_options: Mapping[str, Any], settings: FetchSettings) -> None:
+        _refuse_userinfo(location, source)
         self.location = location
         self.source = source
         self.storage_options = dict(storage_options)
@@ -62,22 +95,30 @@ class FsspecTransport:
             except TypeError as exc:
                 raise ConfigurationError(
                     f"storage_options {sorted(self.storage_options)} were refused by the "
-                    f"{url_scheme(self.location)}:// filesystem: {exc}"
+                    f"{url_scheme(self.location)}:// filesystem: {scrub(str(exc), self.location)}"
                 ) from None
+            except Exception as exc:  # FTP, SFTP... connect while the filesystem is made
+                self._raise(exc)
         return self._fs, self._path
 
     def _raise(self, exc: BaseException) -> None:
         mapped = self._map(exc)
         if mapped is exc:
             raise exc
+        if scrub(str(exc), self.location) != str(exc):
+            raise mapped from None  # the original's text holds a secret: a traceback must not print it
         raise mapped from exc
 
     def _map(self, exc: BaseException) -> BaseException:
+        """A typed error for a transport exception, its text scrubbed of the URL's secrets."""
+        if isinstance(exc, (ClipkitError, Transient)) or not isinstance(exc, Exception):
+            return exc
         name = type(exc).__name__
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+        exc = _Scrubbed(scrub(str(exc), self.location), exc)
+        if isinstance(exc.cause, (FileNotFoundError, IsADirectoryError)):
             return SourceNotFoundError(f"{self.source} does not exist ({exc}); check the bucket and key",
                                        source=self.source)
-        if isinstance(exc, PermissionError):
+        if isinstance(exc.cause, PermissionError):
             if self.storage_options.get("anon"):
                 advice = "anonymous access is not allowed there; drop anon=True and provide credentials"
             else:
@@ -90,14 +131,13 @@ class FsspecTransport:
                 f"or a profile, or pass storage_options={{'anon': True}} for a public bucket",
                 source=self.source,
             )
-        if is_permanent_dns_failure(exc):
+        if is_permanent_dns_failure(exc.cause):
             return FetchError(f"could not fetch {self.source}: its host name does not resolve ({name}); check the URL",
                               source=self.source)
-        if isinstance(exc, _transient_fsspec_types()) or (type(exc) is OSError):
+        if isinstance(exc.cause, _transient_fsspec_types()) or (type(exc.cause) is OSError):
             return Transient(f"{name}: {exc}")
-        if isinstance(exc, OSError) and not isinstance(exc, ClipkitError):
-            return FetchError(f"could not fetch {self.source}: {name}: {exc}", source=self.source)
-        return exc
+        # anything else a filesystem raises (botocore's ParamValidationError, an OSError, ...) is a failed fetch
+        return FetchError(f"could not fetch {self.source}: {name}: {exc}", source=self.source)
 
     def open(self, offset: int) -> Body:
         fs, path = self._filesystem()

@@ -16,6 +16,7 @@ from http.client import HTTPException
 from typing import Any
 
 from clipkit.errors import AccessDeniedError, ConfigurationError, FetchError, SourceNotFoundError
+from clipkit.fetching.redact import redact_url
 from clipkit.fetching.settings import FetchSettings
 from clipkit.fetching.sources import url_scheme
 from clipkit.fetching.transports.base import Body, Transient, is_permanent_dns_failure
@@ -54,6 +55,24 @@ def _split_userinfo(url: str) -> tuple[str, str | None]:
     return parts._replace(netloc=host).geturl(), "Basic " + base64.b64encode(token).decode("ascii")
 
 
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, noting each target; refuses one whose URL carries user:password@."""
+
+    def __init__(self, transport: "HTTPTransport") -> None:
+        self.transport = transport
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        self.transport.redirected_to = newurl
+        if "@" in urllib.parse.urlsplit(newurl).netloc:
+            raise FetchError(
+                f"could not fetch {self.transport.where}: the server redirected (HTTP {code}) to a URL with "
+                "credentials in it (user:password@), which clipkit does not follow; ask the server's owner, or "
+                "fetch the target URL directly with storage_options={'headers': {'Authorization': ...}}",
+                source=self.transport.source,
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class HTTPTransport:
     """GETs with ``Range`` for resumption, over urllib (redirects and ``*_proxy`` variables honoured)."""
 
@@ -74,7 +93,15 @@ class HTTPTransport:
         self.settings = settings
         self.validator: str | None = None  # ETag / Last-Modified of the first response, for If-Range
         self.ranges_usable = True
-        self._opener = urllib.request.build_opener()
+        self.redirected_to: str | None = None  # the last redirect target (raw: show it through redact_url only)
+        self._opener = urllib.request.build_opener(_RedirectHandler(self))
+
+    @property
+    def where(self) -> str:
+        """The source as messages name it, with the redirect target (redacted) when the server redirected."""
+        if self.redirected_to is None:
+            return self.source
+        return f"{self.source} (redirected to {redact_url(self.redirected_to)})"
 
     def _request(self, offset: int) -> urllib.request.Request:
         request = urllib.request.Request(self.url, headers={
@@ -93,20 +120,23 @@ class HTTPTransport:
         label = f"HTTP {code} {reason}".strip()
         if code in (401, 403):
             return AccessDeniedError(
-                f"access to {self.source} was refused ({label}); check the URL, or pass credentials with "
+                f"access to {self.where} was refused ({label}); check the URL, or pass credentials with "
                 f"storage_options={{'headers': {{'Authorization': ...}}}}",
                 source=self.source,
             )
         if code in (404, 410):
-            return SourceNotFoundError(f"{self.source} does not exist ({label}); check the URL", source=self.source)
+            return SourceNotFoundError(f"{self.where} does not exist ({label}); check the URL", source=self.source)
         if code in _RETRY_STATUSES or code >= 500:
             return Transient(label, retry_after=_parse_retry_after(headers.get("Retry-After") if headers else None))
-        return FetchError(f"could not fetch {self.source}: the server answered {label}", source=self.source)
+        return FetchError(f"could not fetch {self.where}: the server answered {label}", source=self.source)
 
     def open(self, offset: int) -> Body:
         request = self._request(offset)
+        self.redirected_to = None
         try:
             response = self._opener.open(request, timeout=self.settings.read_timeout)
+        except FetchError:  # a refused redirect (a ConnectionError: must not be taken for a transient fault)
+            raise
         except urllib.error.HTTPError as exc:
             with contextlib.closing(exc):
                 if exc.code == 416 and offset:
@@ -117,14 +147,14 @@ class HTTPTransport:
             import ssl
 
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
-                raise FetchError(f"could not fetch {self.source}: TLS certificate check failed: {exc.reason}",
+                raise FetchError(f"could not fetch {self.where}: TLS certificate check failed: {exc.reason}",
                                  source=self.source) from None
             if is_permanent_dns_failure(exc.reason):
-                raise FetchError(f"could not fetch {self.source}: its host name does not resolve ({exc.reason}); "
+                raise FetchError(f"could not fetch {self.where}: its host name does not resolve ({exc.reason}); "
                                  "check the URL", source=self.source) from None
             raise Transient(f"connection failed: {exc.reason}") from None
         except ValueError as exc:  # http.client.InvalidURL and friends: retrying cannot help
-            raise FetchError(f"could not fetch {self.source}: the URL is not valid ({type(exc).__name__})",
+            raise FetchError(f"could not fetch {self.where}: the URL is not valid ({type(exc).__name__})",
                              source=self.source) from None
         except (OSError, HTTPException) as exc:
             raise Transient(f"connection failed: {type(exc).__name__}: {exc}") from None
