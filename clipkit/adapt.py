@@ -23,7 +23,7 @@ import torch
 from clipkit.errors import ConfigurationError, ResizeError, StateDictError, TowerError
 from clipkit.nn import TOWERS
 from clipkit.plugins import PluginRegistry, get_registry
-from clipkit.spec import ArchSpec, Provenance
+from clipkit.spec import UNSETTLED, ArchSpec, Provenance
 
 __all__ = ["check_sizes", "one_tower", "resize", "target_spec"]
 
@@ -109,8 +109,8 @@ def resize(
         asked = "image_resolution" if tower == "text" else "context_length"
         raise ConfigurationError(f"{asked}= concerns the tower that tower={tower!r} leaves out; drop one of them")
     target = target_spec(spec, image_resolution=image_resolution, context_length=context_length)
-    if target == spec:
-        return spec, state_dict
+    if target == spec:  # the same size; a caller's value still settles a size the shapes left open
+        return (target if spec.provenance_of("image_resolution").source == UNSETTLED else spec), state_dict
     registry = registry or get_registry()
     adapted = registry.call_first("adapt_state_dict", returns=(Mapping, "a mapping of tensors"),
                                   state_dict=state_dict, spec=spec, target=target)

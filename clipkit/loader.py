@@ -214,6 +214,7 @@ def load(
                          registry=registry)
     spec, state_dict = adapt.resize(state_dict, spec, image_resolution=image_resolution,
                                     context_length=context_length, tower=tower, registry=registry)
+    provenance.require_settled(spec, redact_url(os.fspath(source)))
     provenance.warn_assumptions(spec, redact_url(os.fspath(source)))
     model = build_for_loading(spec, registry=registry)
     if tower is not None:

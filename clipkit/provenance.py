@@ -27,9 +27,9 @@ from typing import Any
 import attrs
 
 from clipkit.errors import AssumptionWarning, ConfigurationError
-from clipkit.spec import SHAPES, ArchSpec, ModelSource, Provenance
+from clipkit.spec import SHAPES, UNSETTLED, ArchSpec, ModelSource, Provenance
 
-__all__ = ["apply_overrides", "apply_release", "matches_release", "warn_assumptions"]
+__all__ = ["apply_overrides", "apply_release", "matches_release", "require_settled", "warn_assumptions"]
 
 
 def apply_overrides(spec: ArchSpec, overrides: Mapping[str, Any]) -> ArchSpec:
@@ -93,6 +93,20 @@ def apply_release(spec: ArchSpec, name: str, release: ModelSource) -> ArchSpec:
         if field in arch
     }
     return spec.with_values(values, Provenance.release(name)) if values else spec
+
+
+def require_settled(spec: ArchSpec, source: str) -> None:
+    """Raise ``ConfigurationError`` naming every field the shapes left ``UNSETTLED`` and no config or keyword settled.
+
+    Such a field has several values the shapes allow and no convention to
+    assume (a non-square ViT grid); its provenance detail says what settles it.
+    """
+    unsettled = [name for name in spec.to_dict() if spec.provenance_of(name).source == UNSETTLED]
+    if unsettled:
+        raise ConfigurationError(
+            f"{source}: the shapes do not settle {', '.join(unsettled)} and no config or keyword does: "
+            + "; ".join(spec.provenance_of(name).detail for name in unsettled)
+        )
 
 
 def warn_assumptions(spec: ArchSpec, source: str, *, stacklevel: int = 3) -> list[str]:

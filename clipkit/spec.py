@@ -62,11 +62,14 @@ RELEASE = "release"
 CONVENTION = "convention"
 CALLER = "caller"
 UNUSED = "unused"
+UNSETTLED = "unsettled"
 UNRECORDED = "unrecorded"
 
 #: every provenance source, strongest first (``SHAPES`` is a fact: nothing may contradict it);
 #: ``UNUSED``: the value does not affect this model (an eos id when pooling at the highest id)
-SOURCES: tuple[str, ...] = (SHAPES, CALLER, CONFIG, RELEASE, CONVENTION, UNUSED, UNRECORDED)
+#: ``UNSETTLED``: the shapes allow several values and nothing may be assumed (a non-square ViT grid); a config or
+#: the caller's keyword must settle it, else ``clipkit.load`` refuses (``clipkit.provenance.require_settled``)
+SOURCES: tuple[str, ...] = (SHAPES, CALLER, CONFIG, RELEASE, CONVENTION, UNUSED, UNSETTLED, UNRECORDED)
 
 
 @attrs.frozen
@@ -107,6 +110,11 @@ class Provenance:
     def unused(cls, why: str) -> Provenance:
         """The value does not affect this model: ``why`` says so."""
         return cls(UNUSED, why)
+
+    @classmethod
+    def unsettled(cls, why: str) -> Provenance:
+        """The shapes allow several values: ``why`` says which, and what settles it (``clipkit.load`` refuses it)."""
+        return cls(UNSETTLED, why)
 
     @classmethod
     def caller(cls) -> Provenance:

@@ -217,7 +217,8 @@ def _resnet_with(**changes):
 @pytest.mark.parametrize(
     ("plugin", "state_dict", "key", "shape"),
     [
-        (vit, _vit_with(visual__positional_embedding=meta(18, 64)), "visual.positional_embedding", "(18, 64)"),
+        (vit, _vit_with(visual__positional_embedding=meta(18, 48)), "visual.positional_embedding", "(18, 48)"),
+        (vit, _vit_with(visual__positional_embedding=meta(1, 64)), "visual.positional_embedding", "(1, 64)"),
         (vit, _vit_with(visual__positional_embedding=meta(17, 48)), "visual.positional_embedding", "(17, 48)"),
         (vit, _vit_with(visual__positional_embedding=meta(5, 48)), "visual.positional_embedding", "(5, 48)"),
         (vit, _vit_with(text_projection=meta(48, 32)), "text_projection", "(48, 32)"),

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 import torch
 
 from clipkit.builtin.clip_specs import CLIPSpec, ResNetSpec, ViTSpec
-from clipkit.errors import ResizeError
+from clipkit.errors import ConfigurationError, ResizeError
 from clipkit.hookspecs import hookimpl
 from clipkit.nn import CLIP, resize_grid_embedding, resize_text_embedding, split_tower
 from clipkit.nn.layers import pair
-from clipkit.spec import ArchSpec
+from clipkit.spec import UNSETTLED, ArchSpec
 
 #: per built-in family: the image positional embedding's key and the pixels per grid cell
 _IMAGE_GRIDS: dict[str, str] = {"vit": "visual.positional_embedding", "resnet": "visual.attnpool.positional_embedding"}
@@ -41,6 +41,18 @@ def _grid(spec: CLIPSpec, stride: int) -> tuple[int, int]:
     return rows // stride, cols // stride
 
 
+def _settle_grid(spec: CLIPSpec, target: CLIPSpec, grid: tuple[int, int], stride: int) -> None:
+    """The caller's ``image_resolution`` for a grid the shapes left unsettled must have the table's cell count."""
+    rows, cols = _grid(spec, stride)
+    cells = rows * cols
+    if grid[0] * grid[1] != cells:
+        raise ConfigurationError(
+            f"image_resolution={target.image_resolution!r} gives a {grid[0]}x{grid[1]} grid of {stride}-pixel "
+            f"patches, but the position table has {cells} patches (not a square grid, so it cannot be resized "
+            f"from an unknown (h, w)); pass an image_resolution whose grid has {cells} patches"
+        )
+
+
 def resize_clip_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     spec: CLIPSpec,
@@ -59,7 +71,9 @@ def resize_clip_state_dict(
     adapted = dict(state_dict)
     stride = _stride(spec)
     new_grid = _grid(target, stride)
-    if image_key in adapted and new_grid != _grid(spec, stride):
+    if spec.provenance_of("image_resolution").source == UNSETTLED:  # the caller's size settles the grid: no resize
+        _settle_grid(spec, target, new_grid, stride)
+    elif image_key in adapted and new_grid != _grid(spec, stride):
         adapted[image_key] = resize_grid_embedding(adapted[image_key], _grid(spec, stride), new_grid)
     if text_key in adapted and target.context_length != spec.context_length:
         adapted[text_key] = resize_text_embedding(adapted[text_key], target.context_length)

@@ -48,6 +48,11 @@ class Reading:
         self.values[name] = value
         self.provenance[name] = Provenance.unused(why)
 
+    def unsettled(self, name: str, value: Any, why: str) -> None:
+        """Record ``name = value`` as one of several values the shapes allow: a config or the caller must settle it."""
+        self.values[name] = value
+        self.provenance[name] = Provenance.unsettled(why)
+
     def spec_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for the spec class: every value plus ``provenance``."""
         return {**self.values, "provenance": dict(self.provenance)}

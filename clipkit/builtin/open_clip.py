@@ -19,6 +19,7 @@ of open_clip's weight files (``open_clip_model.safetensors``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from clipkit.errors import CheckpointError, ConfigurationError, UnsupportedConfi
 from clipkit.hookspecs import hookimpl
 from clipkit.layouts import LAYOUTS, choose_checkpoint
 from clipkit.limits import read_json
-from clipkit.spec import CLIP_MEAN, CLIP_STD, ArchSpec, Provenance
+from clipkit.spec import CLIP_MEAN, CLIP_STD, UNSETTLED, ArchSpec, Provenance
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES: tuple[str, ...] = next(weights for name, _, weights in LAYOUTS if name == "open_clip")
@@ -266,13 +267,22 @@ def _settle_resnet(s: _Settler, vision: Mapping[str, Any]) -> None:
 
 def _settle_image_size(s: _Settler, vision: Mapping[str, Any], stride: int) -> None:
     """``image_size`` must give the grid the shapes show; it may refine the resolution (a side not a multiple of ``stride``)."""
-    size, where, _ = _get(s, vision, "vision_cfg", "image_size", 224)
+    size, where = vision.get("image_size"), "model_cfg.vision_cfg.image_size"
+    if not isinstance(size, (list, tuple)):  # a pair is checked by the spec; _get checks a single side
+        size, where, _ = _get(s, vision, "vision_cfg", "image_size", 224)
     if isinstance(size, (list, tuple)):
         size = size[0] if len(size) == 2 and size[0] == size[1] else tuple(size)
     grid = lambda r: tuple(side // stride for side in (r if isinstance(r, tuple) else (r, r)))  # noqa: E731
-    if grid(size) != grid(s.spec.image_resolution):
+    unsettled = s.spec.provenance_of("image_resolution").source == UNSETTLED
+    cells = math.prod(grid(s.spec.image_resolution))
+    if unsettled and math.prod(grid(size)) != cells:  # the shapes show the patch count only (a non-square grid)
+        raise ConfigurationError(
+            f"{s.path}: {where}={size!r} gives a {'x'.join(map(str, grid(size)))} grid of {stride}-pixel patches, "
+            f"but the weights' position table has {cells} patches; the config does not describe these weights"
+        )
+    if not unsettled and grid(size) != grid(s.spec.image_resolution):
         s.check("image_resolution", size, where)
-    if size != s.spec.image_resolution:  # the same grid: a side the patches do not divide, as open_clip resizes to
+    if unsettled or size != s.spec.image_resolution:  # settled, or the same grid at sides the patches do not divide
         s.set("image_resolution", size, where)
 
 

@@ -11,6 +11,7 @@ large widths; QuickGELU), each recorded as such and overridable through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -45,8 +46,7 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec:
             "the patch embedding takes 3-channel images with square patches",
         )
     shapes.expect(state_dict, "visual.class_embedding", (width,), f"visual.conv1.weight {conv} gives width {width}")
-    grid = shapes.square_side(state_dict, "visual.positional_embedding", width, "patches")
-    reading.shape("image_resolution", patch * grid, "visual.positional_embedding")
+    _grid(reading, state_dict, width, patch)
     reading.shape("vision_width", width, "visual.conv1.weight")
     reading.shape("vision_patch_size", patch, "visual.conv1.weight")
     ln_pre = "visual.ln_pre.weight" in state_dict
@@ -68,6 +68,30 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ViTSpec:
     reading.convention("vision_gelu_approximate", "none", "exact GELU (when quick_gelu is False)")
     reading.shape("family", "vit", "visual.conv1.weight (a 4-D patch embedding) and visual.class_embedding")
     return ViTSpec(**reading.spec_kwargs())
+
+
+def _grid(reading: Reading, state_dict: Mapping[str, torch.Tensor], width: int, patch: int) -> None:
+    """Read the resolution off the position table: a square grid is a fact; any other is unsettled by the shapes.
+
+    ``rows - 1`` cells that are not a square number are some ``h x w`` grid the
+    shapes cannot tell; the resolution is recorded as ``UNSETTLED`` (a ``1 x
+    cells`` placeholder) for a config or the caller's ``image_resolution`` to settle.
+    """
+    key = "visual.positional_embedding"
+    rows = shapes.shape(state_dict, key, dims=2)[0]
+    cells = rows - 1
+    if cells < 2 or math.isqrt(cells) ** 2 == cells:
+        grid = shapes.square_side(state_dict, key, width, "patches")
+        reading.shape("image_resolution", patch * grid, key)
+        return
+    shapes.expect(state_dict, key, (rows, width), f"its width should be {width}")
+    reading.unsettled(
+        "image_resolution", (patch, patch * cells),
+        f"{key} has {rows} rows: {cells} patches plus the class token, not a square grid; its (height, width) in "
+        f"patches of {patch} pixels is not shown by the shapes. Pass clipkit.load(..., image_resolution=(h, w)) with "
+        f"(h // {patch}) * (w // {patch}) == {cells}, or load it with the config that says it "
+        "(open_clip_config.json's model_cfg.vision_cfg.image_size)",
+    )
 
 
 def _attentional_pool(reading: Reading, state_dict: Mapping[str, torch.Tensor], width: int, embed_dim: int) -> int:
