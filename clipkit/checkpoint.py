@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from clipkit.errors import CheckpointError, CheckpointNotFoundError
-from clipkit.inputs import check_path_length, check_regular_file, check_source_argument, local_path
+from clipkit.inputs import check_path_length, check_regular_file, check_source_argument
 from clipkit import torchfile
 from clipkit.limits import MAX_JSON_BYTES, check_shape, inside, parse_json, read_json
 from clipkit.zipstore import LOCAL_HEADER
@@ -76,7 +76,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ``UnsafeCheckpointError`` (a pickle that asks for code).
     """
     check_source_argument(path)
-    path = local_path(os.fspath(path))
+    check_path_length(path)
+    path = Path(path)
     if not os.path.lexists(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
