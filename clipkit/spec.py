@@ -20,6 +20,7 @@ Provenance is metadata: it is not part of equality, hashing or ``repr``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -171,11 +172,19 @@ def preprocessing_conventions(why: str) -> dict[str, Provenance]:
             "resize_to": Provenance.unused("the shortest side is resized to image_resolution")}
 
 
+#: the smallest normalisation std accepted: below it the division overflows float32 or amplifies rounding noise
+MIN_STD = 1e-6
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _three_floats(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    name = f"{type(instance).__name__}.{attribute.name}"
     if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be three numbers (R, G, B), got {value!r}")
-    if attribute.name == "image_std" and not all(v > 0 for v in value):
-        raise ConfigurationError(f"{type(instance).__name__}.image_std must be positive, got {value!r}")
+        raise ConfigurationError(f"{name} must be three numbers (R, G, B) or one for all three, got {value!r}")
+    if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in value):
+        raise ConfigurationError(f"{name} must be finite numbers a float32 can hold (no NaN or infinity), got {value!r}")
+    if attribute.name == "image_std" and not all(v >= MIN_STD for v in value):
+        raise ConfigurationError(f"{name} must be at least {MIN_STD} (a positive scale), got {value!r}")
 
 
 def _floats(value: Any) -> tuple[float, ...]:
