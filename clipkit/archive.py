@@ -165,7 +165,7 @@ def preflight(path: str | os.PathLike[str]) -> None:
                 budget.charge_inflation(info.filename, info.file_size)
             if info.filename.endswith(".pkl"):
                 data = read_entry(zf, info.filename, path, limit=MAX_PICKLE_BYTES)
-                scan_pickle(data, what=f"{path}: {info.filename}")
+                scan_pickle(data, what=f"{path}: {info.filename}", file_size=file_size)
 
 
 def split_metadata(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:

@@ -18,25 +18,39 @@ from typing import BinaryIO
 from clipkit.errors import CheckpointError
 from clipkit.limits import MAX_NESTING
 
-__all__ = ["MAX_INT_BITS", "MAX_PICKLE_BYTES", "MAX_PICKLE_OPS", "scan_pickle"]
+__all__ = ["MAX_INT_BITS", "MAX_PICKLE_BYTES", "MAX_PICKLE_OPS", "object_limits", "scan_pickle"]
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # the pickle itself; tensor data lives outside it
 MAX_PICKLE_OPS = 8_000_000  # a state dict needs about thirty opcodes a tensor
 MAX_INT_BITS = 4096  # sizes, offsets and counters; far larger ints only slow down whatever prints them
+#: objects built (each tensor record is a REDUCE or two) and container entries, per byte of the file:
+#: a memoised zero-size tensor view costs 14 pickle bytes and no tensor data but ~350 bytes of memory,
+#: so their count is bounded by the file's size (a real checkpoint holds a few thousand tensors)
+MIN_OBJECTS, BYTES_PER_OBJECT = 20_000, 1024
+MIN_ENTRIES, BYTES_PER_ENTRY = 200_000, 64
+_BUILDS = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "BUILD"}
 
 _PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET = {"GET", "BINGET", "LONG_BINGET"}
 _GROW = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # the first item is the container
 
 
-def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
+def object_limits(file_size: int) -> tuple[int, int]:
+    """How many objects (tensor records and other built values) and container entries a pickle in a file of
+    ``file_size`` bytes may make: a fixed floor, or more in proportion to the file."""
+    return max(MIN_OBJECTS, file_size // BYTES_PER_OBJECT), max(MIN_ENTRIES, file_size // BYTES_PER_ENTRY)
+
+
+def scan_pickle(source: bytes | BinaryIO, *, what: str, file_size: int = 0) -> int:
     """Check one pickle stream in ``source`` (bytes, or a binary file at the stream's start) without unpickling it.
 
     Returns the offset just past its ``STOP`` (relative to where it started).
     Raises ``CheckpointError`` naming ``what`` when the stream is malformed,
     longer than ``MAX_PICKLE_BYTES`` or ``MAX_PICKLE_OPS`` opcodes, holds an
-    integer wider than ``MAX_INT_BITS``, or nests containers deeper than
-    ``clipkit.limits.MAX_NESTING``.
+    integer wider than ``MAX_INT_BITS``, nests containers deeper than
+    ``clipkit.limits.MAX_NESTING``, or builds more objects (tensor records) or
+    container entries than ``object_limits(file_size)`` allows: many views of
+    one storage need no tensor bytes, so the byte budget alone does not bound them.
     """
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else _Bounded(source)
     start = stream.tell()
@@ -44,6 +58,8 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
     marks: list[int] = []
     memo: dict[object, int] = {}
     ops = 0
+    counts = [0, 0]  # objects built, container entries added
+    limits = object_limits(file_size)
     try:
         for opcode, arg, pos in pickletools.genops(stream):
             ops += 1
@@ -56,7 +72,13 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str) -> int:
                 raise CheckpointError(
                     f"{what} holds an integer of {arg.bit_length()} bits; no checkpoint needs one: the file is crafted"
                 )
-            _step(opcode, arg, stack, marks, memo)
+            _step(opcode, arg, stack, marks, memo, counts)
+            for count, limit, kind in zip(counts, limits, ("objects (tensor records)", "container entries")):
+                if count > limit:
+                    raise CheckpointError(
+                        f"{what} builds over {limit} {kind} in a file of {file_size} bytes (the limit for its size); "
+                        "no checkpoint needs that many (a real one holds a few thousand tensors): the file is crafted"
+                    )
             if stack and stack[-1] > MAX_NESTING:
                 raise CheckpointError(
                     f"{what} nests values more than {MAX_NESTING} levels deep; no checkpoint does, "
@@ -94,8 +116,10 @@ class _Bounded:
 
 
 def _step(opcode: pickletools.OpcodeInfo, arg: object, stack: list[int], marks: list[int],
-          memo: dict[object, int]) -> None:
+          memo: dict[object, int], counts: list[int]) -> None:
     name = opcode.name
+    if name in _BUILDS:
+        counts[0] += 1
     if name == "MARK":
         marks.append(len(stack))
     elif name in _PUT:
@@ -111,10 +135,11 @@ def _step(opcode: pickletools.OpcodeInfo, arg: object, stack: list[int], marks: 
     elif name == "POP_MARK":
         del stack[marks.pop():]
     elif opcode.stack_before or opcode.stack_after:
-        _apply(opcode, stack, marks)
+        counts[1] += _apply(opcode, stack, marks)
 
 
-def _apply(opcode: pickletools.OpcodeInfo, stack: list[int], marks: list[int]) -> None:
+def _apply(opcode: pickletools.OpcodeInfo, stack: list[int], marks: list[int]) -> int:
+    """Apply ``opcode``'s effect on the nesting depths; returns how many entries it added to a container."""
     before = opcode.stack_before
     popped: list[int] = []
     if pickletools.markobject in before:
@@ -136,3 +161,4 @@ def _apply(opcode: pickletools.OpcodeInfo, stack: list[int], marks: list[int]) -
     else:
         depth = max(popped, default=0) + 1
     stack.extend([depth] * len(opcode.stack_after))
+    return len(popped) - 1 if opcode.name in _GROW else 0

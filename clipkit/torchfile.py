@@ -85,7 +85,7 @@ class _LegacyStorages:
 
 def _small_pickle(fh: BinaryIO, path: Path, what: str) -> Any:
     start = fh.tell()
-    scan_pickle(fh, what=f"{path}: {what}")
+    scan_pickle(fh, what=f"{path}: {what}", file_size=path.stat().st_size)
     fh.seek(start)
     try:
         return _PlainUnpickler(fh).load()

@@ -375,11 +375,18 @@ def safe_unpickle(data: bytes | BinaryIO, unpickler: Callable[[BinaryIO], SafeUn
         raise
 
 
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _safe_unpickle(data: bytes | BinaryIO, unpickler: Callable[[BinaryIO], SafeUnpickler], *, path: Path,
                    what: str) -> Any:
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     start = stream.tell()
-    scan_pickle(stream, what=f"{path}: {what}")
+    scan_pickle(stream, what=f"{path}: {what}", file_size=_size_of(path))
     stream.seek(start)
     reader = unpickler(stream)
     failure: Exception | None = None
