@@ -92,23 +92,26 @@ _PREFERRED_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def _read_directory(path: Path) -> dict[str, torch.Tensor]:
     """Read the one checkpoint a directory holds: its safetensors shards, or its single/preferred weights file."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    from clipkit.folder import contained, listed_files
+
+    listed = listed_files(path)
+    files = [p for p in listed if p.suffix in _WEIGHT_SUFFIXES]
     shards = _shard_set(path, files)
     if shards:
         merged: dict[str, torch.Tensor] = {}
         for shard in shards:
-            merged.update(read_state_dict(shard))
+            merged.update(read_state_dict(contained(path, shard, what="the shard set")))
         return merged
     from clipkit.layouts import choose_checkpoint
 
-    choice = choose_checkpoint(p.name for p in path.iterdir() if p.is_file())
+    choice = choose_checkpoint(p.name for p in listed)
     if choice is not None and choice.layout != "single file":  # a layout the repo's config names
-        return read_state_dict(path / choice.weights)
+        return read_state_dict(contained(path, path / choice.weights, what=f"the {choice.layout} layout"))
     for name in _PREFERRED_FILES:
         if (path / name).is_file():
-            return read_state_dict(path / name)
+            return read_state_dict(contained(path, path / name, what="the folder's preferred weights name"))
     if len(files) == 1:
-        return read_state_dict(files[0])
+        return read_state_dict(contained(path, files[0], what="the folder's only weights file"))
     listing = ", ".join(p.name for p in files) or "no weight files"
     raise CheckpointError(
         f"cannot tell which checkpoint to read in directory {path} (found: {listing}); "

@@ -18,7 +18,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from clipkit.errors import CheckpointError
+from clipkit.errors import CheckpointError, ConfigurationError
 
 __all__ = [
     "DEFLATE_ENTRY_RATIO",
@@ -30,6 +30,7 @@ __all__ = [
     "check_shape",
     "inflate_cap",
     "inside",
+    "json_typed",
     "read_json",
 ]
 
@@ -127,13 +128,36 @@ def read_json(path: str | os.PathLike[str], *, what: str | None = None) -> Any:
     return parse_json(data, what=label)
 
 
+def json_typed(value: Any, kind: type, *, what: str) -> Any:
+    """``value`` if it is strictly of JSON type ``kind``; else ``ConfigurationError`` naming ``what`` (file: key) and the value.
+
+    Nothing is coerced: ``"false"`` is not ``False``, ``true`` is not ``1``.
+    ``bool`` needs a JSON ``true``/``false``; ``int`` an integer (not a bool);
+    ``float`` a finite number (an integer is fine); ``str`` a string.
+    """
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        expected = {bool: "a JSON true or false", int: "a JSON integer", float: "a finite JSON number"}
+        raise ConfigurationError(
+            f"{what} is {value!r}; expected {expected.get(kind, f'a JSON {kind.__name__}')}, not another type "
+            "(nothing is coerced); fix the config"
+        )
+    return value
+
+
 def inside(directory: str | os.PathLike[str], name: Any, *, what: str) -> Path:
     """``directory / name`` if ``name`` is a relative path with no ``..`` step; else ``CheckpointError``.
 
     Shard indexes and configs name files by relative path; an absolute path
     (POSIX or Windows), a ``..`` step or a NUL byte is refused, ``what`` saying
-    which file named it. Links inside the folder are followed as they are (the
-    Hugging Face cache links snapshot files to its blob store).
+    which file named it. A link (or linked folder) leading out of the folder is
+    refused by ``clipkit.folder.contained`` (the Hugging Face cache's links from a
+    snapshot into its own blob store are allowed).
     """
     directory = Path(directory)
     if not isinstance(name, str) or not name or "\x00" in name:
@@ -143,7 +167,9 @@ def inside(directory: str | os.PathLike[str], name: Any, *, what: str) -> Path:
         raise CheckpointError(
             f"{what} names {name!r:.200}, outside the checkpoint's folder {directory}; only files inside it are read"
         )
-    return directory / name
+    from clipkit.folder import contained
+
+    return contained(directory, directory / name, what=what)
 
 
 def inflate_cap(compressed: int, file_size: int) -> int:

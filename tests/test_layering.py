@@ -24,7 +24,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("plain data and shared checks", (
         "clipkit.spec", "clipkit.shapes", "clipkit.releases", "clipkit.limits", "clipkit.inputs", "clipkit.provenance",
-        "clipkit.placement",
+        "clipkit.placement", "clipkit.folder",
     )),
     ("file readers and fetching", (
         "clipkit.layouts", "clipkit.pickle_scan", "clipkit.pickle_values", "clipkit.unpickling", "clipkit.torchfile",

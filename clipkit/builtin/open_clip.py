@@ -28,9 +28,10 @@ import torch
 
 from clipkit.builtin.clip_specs import ResNetSpec, ViTSpec
 from clipkit.errors import CheckpointError, ConfigurationError, UnsupportedConfigError
+from clipkit.folder import contained, names_in, side_file
 from clipkit.hookspecs import hookimpl
 from clipkit.layouts import LAYOUTS, choose_checkpoint
-from clipkit.limits import read_json
+from clipkit.limits import json_typed, read_json
 from clipkit.spec import CLIP_MEAN, CLIP_STD, UNSETTLED, ArchSpec, Provenance
 
 CONFIG_NAME = "open_clip_config.json"
@@ -68,10 +69,12 @@ def config_path_for(path: Path | None) -> Path | None:
         return None
     path = Path(path)
     if path.is_dir():
-        choice = choose_checkpoint(p.name for p in path.iterdir() if p.is_file())
-        return path / CONFIG_NAME if choice is not None and choice.layout == "open_clip" else None
+        choice = choose_checkpoint(names_in(path))
+        if choice is None or choice.layout != "open_clip":
+            return None
+        return contained(path, path / CONFIG_NAME, what="open_clip's layout")
     config = path.parent / CONFIG_NAME
-    return config if path.name in WEIGHT_NAMES and config.is_file() else None
+    return config if path.name in WEIGHT_NAMES and side_file(config) else None
 
 
 def read_config(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -171,28 +174,34 @@ class _Settler:
             )
 
 
-def _get(settler: _Settler, cfg: Mapping[str, Any], tower: str, key: str, default: Any) -> tuple[Any, str, str]:
+def _get(settler: _Settler, cfg: Mapping[str, Any], tower: str, key: str, default: Any,
+         kind: type | None = None) -> tuple[Any, str, str]:
     """The value of ``model_cfg.{tower}.{key}`` (open_clip's ``default`` when absent), its key and absence note.
 
     A value of another type than open_clip's default (a string for a width, a
-    number for a flag) is a ``ConfigurationError`` naming the key.
+    number for a flag; ``kind`` when the default is ``None``) is a
+    ``ConfigurationError`` naming the key.
     """
     present = key in cfg and cfg[key] is not None
     value = cfg[key] if present else default
-    kinds = {bool: (bool,), int: (int,), float: (int, float)}.get(type(default))
-    if present and kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
-        raise ConfigurationError(
-            f"{settler.path}: model_cfg.{tower}.{key} is {value!r}; open_clip expects a {type(default).__name__}"
-        )
+    if present and (kind or default is not None):
+        _typed(settler.path, f"model_cfg.{tower}.{key}", value, kind or type(default))
     return value, f"model_cfg.{tower}.{key}", "" if present else f"open_clip's default {default!r}"
+
+
+def _typed(config_path: Path, key: str, value: Any, kind: type) -> Any:
+    return json_typed(value, kind, what=f"{config_path}: {key}")
 
 
 def _settle_common(s: _Settler, model_cfg: Mapping[str, Any]) -> None:
     text = model_cfg["text_cfg"]
     s.check("embed_dim", model_cfg["embed_dim"], "model_cfg.embed_dim")
-    quick = bool(model_cfg.get("quick_gelu", False))
+    quick = _typed(s.path, "model_cfg.quick_gelu", model_cfg.get("quick_gelu", False), bool)
     s.set("quick_gelu", quick, "model_cfg.quick_gelu", default="" if "quick_gelu" in model_cfg else "open_clip's default False")
-    s.check("logit_bias", model_cfg.get("init_logit_bias") is not None, "model_cfg.init_logit_bias")
+    bias = model_cfg.get("init_logit_bias")
+    if bias is not None:
+        _typed(s.path, "model_cfg.init_logit_bias", bias, float)
+    s.check("logit_bias", bias is not None, "model_cfg.init_logit_bias")
     for name, key, default in (("context_length", "context_length", 77), ("vocab_size", "vocab_size", 49408),
                                ("text_width", "width", 512), ("text_layers", "layers", 12)):
         value, where, _ = _get(s, text, "text_cfg", key, default)
@@ -200,7 +209,7 @@ def _settle_common(s: _Settler, model_cfg: Mapping[str, Any]) -> None:
     width = s.spec.text_width
     ratio, where, _ = _get(s, text, "text_cfg", "mlp_ratio", 4.0)
     s.check("text_mlp_width", int(width * ratio), where)
-    value, where, _ = _get(s, text, "text_cfg", "ls_init_value", None)
+    value, where, _ = _get(s, text, "text_cfg", "ls_init_value", None, float)
     s.check("text_layer_scale", value is not None, where)
     heads, where, note = _get(s, text, "text_cfg", "heads", 8)
     s.set("text_heads", heads, where, default=note)
@@ -211,17 +220,18 @@ def _settle_common(s: _Settler, model_cfg: Mapping[str, Any]) -> None:
     eos, where, note = _get(s, text, "text_cfg", "eos_id", 2)
     if pool == "eos":
         s.set("text_eos_id", eos, where, default=note)
-    proj_type = text.get("proj_type", "linear")
-    expected = "none" if proj_type == "none" else ("linear" if text.get("proj_bias") else "matrix")
+    proj_type, _, _ = _get(s, text, "text_cfg", "proj_type", "linear")
+    proj_bias, _, _ = _get(s, text, "text_cfg", "proj_bias", False)
+    expected = "none" if proj_type == "none" else ("linear" if proj_bias else "matrix")
     s.check("text_proj", expected, "model_cfg.text_cfg.proj_type/proj_bias")
     _settle_norm_act(s, text, "text_cfg", "text")
 
 
 def _settle_norm_act(s: _Settler, cfg: Mapping[str, Any], tower: str, prefix: str) -> None:
-    eps = (cfg.get("norm_kwargs") or {}).get("eps")
-    s.set(f"{prefix}_norm_eps", float(eps) if eps is not None else 1e-5, f"model_cfg.{tower}.norm_kwargs.eps",
+    eps, where, _ = _get(s, cfg.get("norm_kwargs") or {}, f"{tower}.norm_kwargs", "eps", None, float)
+    s.set(f"{prefix}_norm_eps", float(eps) if eps is not None else 1e-5, where,
           default="" if eps is not None else "LayerNorm's default 1e-05")
-    approximate = (cfg.get("act_kwargs") or {}).get("approximate")
+    approximate, _, _ = _get(s, cfg.get("act_kwargs") or {}, f"{tower}.act_kwargs", "approximate", None, str)
     s.set(f"{prefix}_gelu_approximate", approximate or "none", f"model_cfg.{tower}.act_kwargs.approximate",
           default="" if approximate else "exact GELU")
 
@@ -235,7 +245,7 @@ def _settle_vit(s: _Settler, vision: Mapping[str, Any]) -> None:
     width = s.spec.vision_width
     ratio, where, _ = _get(s, vision, "vision_cfg", "mlp_ratio", 4.0)
     s.check("vision_mlp_width", int(width * ratio), where)
-    value, where, _ = _get(s, vision, "vision_cfg", "ls_init_value", None)
+    value, where, _ = _get(s, vision, "vision_cfg", "ls_init_value", None, float)
     s.check("vision_layer_scale", value is not None, where)
     no_ln_pre, where, _ = _get(s, vision, "vision_cfg", "no_ln_pre", False)
     s.check("vision_ln_pre", not no_ln_pre, where)

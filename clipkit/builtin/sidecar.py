@@ -20,6 +20,7 @@ from typing import Any
 
 from clipkit.archive import is_torchscript_archive
 from clipkit.errors import CheckpointError, ConfigurationError
+from clipkit.folder import side_file
 from clipkit.hookspecs import hookimpl
 from clipkit.limits import MAX_JSON_BYTES, parse_json, read_json
 from clipkit.torchfile import zip_prefix
@@ -69,7 +70,7 @@ def read_sidecar(spec: ArchSpec, path: Path | None) -> ArchSpec | None:
     beside = sidecar_path(Path(path))
     if (found := _archive_sidecar(Path(path))) is not None:
         data, file = found
-    elif beside.is_file():
+    elif side_file(beside):  # a FIFO, folder or device under the name is an error, not "no sidecar"
         data, file = read_json(beside, what=f"clipkit sidecar {beside}"), str(beside)
     else:
         return None
@@ -85,7 +86,10 @@ def read_sidecar(spec: ArchSpec, path: Path | None) -> ArchSpec | None:
     if unknown:
         raise ConfigurationError(f"{file} sets {', '.join(unknown)}, which a {type(spec).__name__} does not have")
     values = {name: _value(value) for name, value in data["fields"].items()}
-    return spec.with_values(values, {name: Provenance.config(file, f"fields.{name}") for name in values})
+    try:  # every field is checked strictly by the spec's own validators ("false" is not a bool)
+        return spec.with_values(values, {name: Provenance.config(file, f"fields.{name}") for name in values})
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{file}: {exc}; delete the sidecar or export the model again") from exc
 
 
 @hookimpl

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.errors import UnsupportedConfigError
-from clipkit.limits import read_json
+from clipkit.folder import contained, side_file
+from clipkit.limits import json_typed, read_json
 from clipkit.spec import Provenance, preprocessing_conventions
 
 FILE = "preprocessor_config.json"
@@ -41,21 +42,22 @@ def read_preprocessing(path: Path | None, resolution: int) -> tuple[dict[str, An
     """Spec values and provenance from the ``preprocessor_config.json`` beside ``path``; conventions when there is none."""
     directory = None if path is None else (Path(path) if Path(path).is_dir() else Path(path).parent)
     file = None if directory is None else directory / FILE
-    if file is None or not file.is_file():
+    if file is None or not side_file(file):
         return {}, preprocessing_conventions("transformers' CLIPImageProcessor defaults (no preprocessor_config.json)")
-    raw = read_json(file)
+    raw = read_json(contained(directory, file, what="transformers' layout"))
     if not isinstance(raw, dict):
         raise _refuse(file, "(file)", type(raw).__name__, "expected a JSON object")
     for key in ("do_resize", "do_center_crop", "do_normalize", "do_rescale", "do_convert_rgb"):
         if raw.get(key, True) is not True:
             raise _refuse(file, key, raw[key], "clipkit-hf always resizes, crops, rescales, normalises and converts to RGB")
-    if abs(float(raw.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-12:
+    rescale = json_typed(raw.get("rescale_factor", 1 / 255), float, what=f"{file}: rescale_factor")
+    if abs(rescale - 1 / 255) > 1e-12:
         raise _refuse(file, "rescale_factor", raw["rescale_factor"], "only 1/255 is supported")
     crop = _side(file, "crop_size", raw.get("crop_size", resolution), ("height", "width"))
     if crop != resolution:
         raise _refuse(file, "crop_size", raw["crop_size"], f"the model takes {resolution} px images")
     resize = _side(file, "size", raw.get("size", resolution), ("shortest_edge",))
-    resample = raw.get("resample", 3)
+    resample = json_typed(raw.get("resample", 3), int, what=f"{file}: resample")  # true is not PIL filter 1
     if resample not in RESAMPLE:
         raise _refuse(file, "resample", resample, f"supported PIL filters: {sorted(RESAMPLE)}")
     values = {"image_mean": tuple(raw.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),

@@ -17,7 +17,8 @@ import torch
 
 from clipkit import ViTSpec, shapes
 from clipkit.errors import ConfigurationError, StateDictError
-from clipkit.limits import read_json
+from clipkit.folder import contained, side_file
+from clipkit.limits import json_typed, read_json
 from clipkit.spec import Provenance
 from clipkit_hf.preprocess import read_preprocessing
 
@@ -72,8 +73,9 @@ def read_config(path: Path | None) -> dict[str, Any] | None:
         return None
     path = Path(path)
     config_path = (path if path.is_dir() else path.parent) / "config.json"
-    if not config_path.is_file():
+    if not side_file(config_path):  # a FIFO, folder or device under the name is an error, not "no config"
         return None
+    contained(config_path.parent, config_path, what="transformers' layout")
     raw = read_json(config_path)
     if not isinstance(raw, dict) or not (raw.get("model_type") == "clip" or "text_config" in raw or "vision_config" in raw):
         return None
@@ -119,7 +121,7 @@ def _layers(state_dict: Mapping[str, torch.Tensor], tower: str, width: int) -> i
 def _activation(config: dict[str, Any] | None, tower: str) -> bool:
     if config is None or "hidden_act" not in config[tower]:
         return True  # transformers' CLIP default, and OpenAI's
-    act = config[tower]["hidden_act"]
+    act = json_typed(config[tower]["hidden_act"], str, what=f"{config['path']}: {tower}_config.hidden_act")
     if act not in ACTIVATIONS:
         raise ConfigurationError(
             f"{config['path']}: {tower}_config.hidden_act is {act!r}; clipkit-hf runs "
@@ -128,17 +130,22 @@ def _activation(config: dict[str, Any] | None, tower: str) -> bool:
     return ACTIVATIONS[act]
 
 
+def _typed(config: dict[str, Any], tower: str, key: str, default: Any, kind: type) -> Any:
+    """``{tower}_config.{key}`` (``default`` when absent or null), strictly of JSON type ``kind``."""
+    value = config[tower].get(key)
+    return default if value is None else json_typed(value, kind, what=f"{config['path']}: {tower}_config.{key}")
+
+
 def _heads(config: dict[str, Any] | None, tower: str, width: int) -> int:
-    if config is not None and isinstance(config[tower].get("num_attention_heads"), int):
-        return config[tower]["num_attention_heads"]
-    return shapes.default_heads(width)
+    heads = None if config is None else _typed(config, tower, "num_attention_heads", None, int)
+    return shapes.default_heads(width) if heads is None else heads
 
 
 def _layer_norm_eps(config: dict[str, Any] | None) -> float:
     if config is None:
         return 1e-5
-    text = float(config["text"].get("layer_norm_eps", 1e-5))
-    vision = float(config["vision"].get("layer_norm_eps", 1e-5))
+    text = float(_typed(config, "text", "layer_norm_eps", 1e-5, float))
+    vision = float(_typed(config, "vision", "layer_norm_eps", 1e-5, float))
     if text != vision:
         raise ConfigurationError(
             f"{config['path']}: the towers use different layer_norm_eps ({text} text, {vision} vision); "
@@ -160,7 +167,7 @@ def check_pooling(config: dict[str, Any] | None, vocab_size: int) -> None:
     """
     if config is None:
         return
-    eos = config["text"].get("eos_token_id")
+    eos = _typed(config, "text", "eos_token_id", None, int)
     if eos is not None and eos not in (2, vocab_size - 1):
         raise ConfigurationError(
             f"{config['path']}: text_config.eos_token_id is {eos}, not the highest token id {vocab_size - 1}; "
