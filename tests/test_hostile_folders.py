@@ -90,7 +90,7 @@ def test_a_config_value_of_the_wrong_json_type_is_refused_naming_file_key_and_va
 def test_a_normalisation_that_is_not_finite_or_too_small_is_refused(
         layout: Path, tmp_path: Path, key: str, value: list[float], words: str) -> None:
     directory = _copy(layout, tmp_path / "m", _set(f"preprocess_cfg.{key}", value))
-    with pytest.raises(ConfigurationError, match=words):
+    with pytest.raises(ConfigurationError, match=rf"{CONFIG}: preprocess_cfg\.{key}: .*{words}"):
         clipkit.inspect(str(directory))
 
 

@@ -329,8 +329,9 @@ def settle_from_config(spec: ViTSpec | ResNetSpec, config_path: Path) -> ViTSpec
         _settle_preprocess(s, preprocess)
         try:
             return spec.with_values(s.values, s.provenance)
-        except ConfigurationError as exc:  # the spec's own validation: say which file the value came from
-            raise ConfigurationError(f"{config_path}: {exc}") from exc
+        except ConfigurationError as exc:  # the spec's own validation: say which file and key the value came from
+            keys = [s.provenance[name].detail.split(": ", 1)[-1] for name in s.values if f".{name} " in str(exc)]
+            raise ConfigurationError(f"{config_path}: {keys[0] + ': ' if keys else ''}{exc}") from exc
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError, KeyError) as exc:
         if isinstance(exc, ConfigurationError):
             raise
