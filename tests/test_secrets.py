@@ -138,6 +138,14 @@ def test_credentials_in_an_fsspec_url_are_refused_before_any_io(tmp_path: Path, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("url", ["ftp://anonymous@127.0.0.1:1/x.pt", "ftp://127.0.0.1:1/a@b/x.pt"])
+def test_a_name_at_a_host_is_a_location_not_credentials(tmp_path: Path, url: str, sleeps: list[float]) -> None:
+    # oci://bucket@namespace and abfs://container@account name a location with '@' and no secret:
+    # they go on to the transport (here a refused connection), not to the credentials refusal
+    with pytest.raises(FetchError, match="ConnectionRefusedError"):
+        fetching.fetch(url, cache_dir=tmp_path)
+
+
 def test_an_fsspec_connection_failure_is_reported_as_one(tmp_path: Path, sleeps: list[float]) -> None:
     with pytest.raises(FetchError, match="could not fetch ftp://127.0.0.1:1/x.pt: ConnectionRefusedError") as info:
         fetching.fetch("ftp://127.0.0.1:1/x.pt", cache_dir=tmp_path)

@@ -38,7 +38,9 @@ def _refuse_userinfo(location: str, source: str) -> None:
     """
     for segment in location.split("::"):
         netloc = segment.split("://", 1)[1].split("/", 1)[0] if "://" in segment else ""
-        if "@" in netloc:
+        # Only ``user:secret@`` is credentials: ``bucket@namespace`` (oci://) and ``container@account``
+        # (abfs://) are how those filesystems name a location.
+        if ":" in netloc.rpartition("@")[0]:
             scheme = url_scheme(segment)
             hint = ("storage_options={'key': ..., 'secret': ...} or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                     "variables (or a profile)") if scheme in S3_SCHEMES else (
