@@ -60,6 +60,9 @@ MEASURES = ("torch_s", "import_s", "load_s", "whole_s", "peak_rss_mib", "load_rs
 def run_child(loader: str, path: Path, device: str, threads: int | None, timeout: float) -> dict:
     """One fresh-interpreter measurement; a failed or timed-out load returns ``{"error": ...}``."""
     env = dict(os.environ)
+    # byte-compiled as ``pip install`` leaves a library: without this, an environment that sets
+    # PYTHONDONTWRITEBYTECODE re-compiles an editable checkout's sources in every child (~50 ms for clipkit)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, str(HERE / "_load_child.py"), loader, str(path), device, str(_common.REPO / "tests")]

@@ -52,7 +52,12 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str, file_size: int = 0) -> i
     container entries than ``object_limits(file_size)`` allows: many views of
     one storage need no tensor bytes, so the byte budget alone does not bound them.
     """
-    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else _Bounded(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        stream: io.BytesIO | _Bounded = io.BytesIO(source)
+    elif isinstance(source, io.BytesIO):
+        stream = source  # in memory already: a read never allocates past what is there
+    else:
+        stream = _Bounded(source)
     start = stream.tell()
     stack: list[int] = []  # the nesting depth of each value on the pickle's stack
     marks: list[int] = []

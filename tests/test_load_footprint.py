@@ -51,6 +51,15 @@ import clipkit
 
 for path in sys.argv[2:]:
     model, preprocess = clipkit.load(path, device="cpu")
+
+# what recognising an official release by digest does on every load of a release-shaped file: the
+# verified-record lookup, then hashing once and reading the memo on the next load
+import tempfile
+from clipkit import digests
+with tempfile.TemporaryDirectory() as cache:
+    for _ in range(2):
+        for path in sys.argv[2:]:
+            digests.file_digest(path, cache)
 print("IMPORTED " + json.dumps({name: first.get(name, "?") for name in sorted(heavy) if name in sys.modules}))
 """
 

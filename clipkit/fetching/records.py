@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import attrs
-import filelock
 
 from clipkit.fetching import hashing
 from clipkit.fetching.cache import cache_error, lock_path, meta_dir, record_path, remove_stale_parts
@@ -108,6 +107,8 @@ def forget(target: str | os.PathLike[str]) -> bool:
     target = Path(target)
     if not meta_dir(target).is_dir():
         return False  # nothing clipkit ever wrote is there
+    import filelock  # only here: reading a record (every load of a download) must not import it
+
     try:
         lock = filelock.FileLock(lock_path(target))
         lock.acquire()
