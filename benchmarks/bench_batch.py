@@ -50,6 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 
+def tiny_config():
+    """A tiny ViT CLIP (random weights) whose image encoder costs a fraction of decoding a photo: what the CPU side
+    of a GPU run sees, where the model's share of the host's work is a copy and a launch."""
+    return _common.factories().CLIPConfig(
+        "tiny-vit", embed_dim=64, image_resolution=224, vision_layers=1, vision_width=64, vision_patch_size=32,
+        context_length=77, vocab_size=49408, text_width=64, text_layers=1,
+    )
+
+
 def small_config():
     """A small ViT CLIP (random weights) whose image encoder costs about as much as decoding a photo on one core."""
     return _common.factories().CLIPConfig(
@@ -120,7 +129,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--actors", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--ray-cpus", type=int, default=2)
-    parser.add_argument("--model", default="small", help="'small' (default) or an official architecture name")
+    parser.add_argument("--model", default="small", help="'small' (default), 'tiny' or an official architecture name")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (median reported)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in this process (default: torch's)")
     args = parser.parse_args()
@@ -139,7 +148,8 @@ def main() -> None:
     try:
         folder = work / "photos"
         paths = bf.write_files(folder, bf.photo_bytes(args.images))
-        config = small_config() if args.model == "small" else _common.factories().OFFICIAL_CONFIGS[args.model]
+        configs = {"small": small_config, "tiny": tiny_config}
+        config = configs[args.model]() if args.model in configs else _common.factories().OFFICIAL_CONFIGS[args.model]
         checkpoint = work / "model.pt"
         _common.factories().write_checkpoint(checkpoint, config)
         n = len(paths)

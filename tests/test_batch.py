@@ -156,3 +156,63 @@ def test_a_missing_optional_dependency_names_its_extra(photos, checkpoint, tmp_p
     with pytest.raises(ConfigurationError, match=re.escape(f"pip install '{extra}'")):
         batch.embed_images(photos, tmp_path / "out", model=checkpoint, engine="ray", **RUN)
     assert not (tmp_path / "out").exists()
+
+
+# -- the CPU split between decoding workers and the model ---------------------------------------------
+
+
+def test_workers_and_model_threads_share_the_cores(monkeypatch):
+    from clipkit.batch import local
+
+    monkeypatch.setattr(local, "usable_cores", lambda: 2)
+    assert local.default_workers(torch.device("cpu")) == 1  # the model needs a core too
+    assert local.default_workers(torch.device("cuda")) == 2
+    assert local.model_threads(1, None) == 1 and local.model_threads(2, None) == 1
+    assert local.model_threads(1, 3) == 3  # asked for: as asked
+    monkeypatch.setattr(local, "usable_cores", lambda: 64)
+    assert local.default_workers(torch.device("cpu")) == 8 and local.default_workers(torch.device("cuda")) == 8
+    assert local.model_threads(8, None) == 56
+
+
+def test_the_model_runs_on_the_threads_the_workers_leave_and_the_setting_is_restored(
+        photos, checkpoint, tmp_path, monkeypatch):
+    from clipkit.batch import local
+    from clipkit.batch.compute import Encoder
+
+    seen: list[int] = []
+    shipped: list[torch.dtype] = []
+    encode = Encoder.encode_images
+
+    def recording(self, pixels):
+        seen.append(torch.get_num_threads())
+        shipped.append(pixels.dtype)
+        return encode(self, pixels)
+
+    monkeypatch.setattr(Encoder, "encode_images", recording)
+    monkeypatch.setattr(local, "usable_cores", lambda: 3)
+    before = torch.get_num_threads()
+    batch.embed_images(photos, tmp_path / "a", model=checkpoint, **{**RUN, "workers": 1})
+    assert set(seen[1:]) == {2}  # 3 cores, 1 worker (the first call is Encoder's probe, before the run)
+    assert set(shipped[1:]) == {torch.uint8}  # workers ship bytes; the batch is normalised where the model is
+    assert torch.get_num_threads() == before
+    seen.clear()
+    batch.embed_images(photos, tmp_path / "b", model=checkpoint, **{**RUN, "workers": 1, "threads": 1})
+    assert set(seen[1:]) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ConfigurationError, match="threads must be at least 1"):
+        batch.embed_images(photos, tmp_path / "c", model=checkpoint, **{**RUN, "threads": 0})
+
+
+def test_a_transform_without_the_split_runs_whole_in_the_workers():
+    from clipkit.batch.compute import split_preprocess
+
+    def plain(image):
+        return torch.zeros(3, 8, 8)
+
+    assert split_preprocess(plain) == (plain, None)
+
+
+def test_the_default_preprocess_splits_into_pixels_and_normalize(model):
+    from clipkit.batch.compute import split_preprocess
+
+    _, preprocess = model
+    assert split_preprocess(preprocess) == (preprocess.to_pixels, preprocess.normalize)

@@ -52,3 +52,31 @@ def test_greyscale_and_rgba_become_three_channels():
     for name in ("camera.png", "logo.png"):
         assert _open(name).mode != "RGB"
         assert clip_transform(32)(_open(name)).shape[0] == 3
+
+
+# -- split for batch engines: uint8 pixels per image, normalisation per batch --------------------------
+
+
+@pytest.mark.parametrize("fitting", [
+    dict(resolution=224),
+    dict(resolution=(192, 256), resize_mode="longest", fill_color=128),
+    dict(resolution=160, resize_mode="squash", interpolation="bilinear",
+         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+], ids=["openai", "longest-non-square", "squash-bilinear"])
+def test_pixels_then_normalize_equals_the_whole_transform_bit_for_bit(fitting):
+    from clipkit.builtin.transforms import image_transform
+    from clipkit.spec import CLIP_MEAN, CLIP_STD
+
+    options = {"mean": CLIP_MEAN, "std": CLIP_STD, **fitting}
+    resolution, mean, std = options.pop("resolution"), options.pop("mean"), options.pop("std")
+    preprocess = image_transform(resolution, mean=mean, std=std, **options)
+    images = [_open(name) for name in PHOTOS]
+    # every byte value in every channel, at many positions: the scaling is checked exhaustively
+    ramp = torch.arange(256 * 256, dtype=torch.int64).remainder(256).to(torch.uint8).view(256, 256)
+    images.append(Image.fromarray(torch.stack([ramp, ramp.flip(0), ramp.t()], dim=-1).numpy()))
+    pixels = [preprocess.to_pixels(image) for image in images]
+    assert all(p.dtype == torch.uint8 and p.shape[0] == 3 for p in pixels)
+    for image, one in zip(images, pixels):
+        assert torch.equal(preprocess.normalize(one), preprocess(image))
+    batch = torch.stack(pixels)  # a batch as the engine ships it, finished at once
+    assert torch.equal(preprocess.normalize(batch), torch.stack([preprocess(image) for image in images]))

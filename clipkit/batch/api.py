@@ -51,6 +51,7 @@ class RunOptions:
     dtype: str | None = None
     batch_size: int = 64
     workers: int | None = None
+    threads: int | None = None
     shard_size: int = 10_000
     engine: str = "local"
     address: str | None = None
@@ -68,6 +69,8 @@ def _check(options: RunOptions) -> None:
             raise ConfigurationError(f"{name} must be at least 1, got {getattr(options, name)}")
     if options.workers is not None and options.workers < 0:
         raise ConfigurationError(f"workers must be 0 or more, got {options.workers}")
+    if options.threads is not None and options.threads < 1:
+        raise ConfigurationError(f"threads must be at least 1, got {options.threads}")
     if options.dtype not in (None, "float32", "float16", "bfloat16"):
         raise ConfigurationError(f"dtype must be float32, float16 or bfloat16, got {options.dtype!r}")
 
@@ -96,7 +99,7 @@ def _run(inputs: Inputs, dest: str | os.PathLike[str], options: RunOptions, *, t
         encoder = Encoder(options.model, device=options.device, dtype=options.dtype, load_kwargs=options.load_kwargs,
                           labels=labels, templates=templates, top_k=top_k)
         run_local(encoder, inputs, assembler, batch_size=options.batch_size, workers=options.workers,
-                  progress=progress)
+                  threads=options.threads, progress=progress)
     elif assembler.pending:
         from clipkit.batch.ray_engine import run_ray
 
@@ -147,7 +150,10 @@ def embed_images(source: str | os.PathLike[str], dest: str | os.PathLike[str], *
     ``index``, ``id`` (the path or URL, or ``id_column``), ``embedding``
     (L2-normalised float32, fixed size) and ``error`` (why an unreadable image
     was skipped; its embedding is null). Run options: ``device``, ``dtype``
-    (``"float16"``...), ``batch_size`` (64), ``workers`` (DataLoader processes),
+    (``"float16"``...), ``batch_size`` (64), ``workers`` (DataLoader processes
+    decoding images; default one per core up to 8, or half the cores when the
+    model runs on the CPU), ``threads`` (the model's torch threads on the CPU;
+    default the cores the workers leave),
     ``shard_size`` (10 000 inputs), ``engine`` (``"local"`` or ``"ray"``, with
     ``address`` and ``actors``), ``progress``; ``download_root``, ``sha256``,
     ``jit`` and ``load_kwargs`` go to ``clipkit.load``. Re-running into the

@@ -49,6 +49,21 @@ def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     return templates
 
 
+def split_preprocess(preprocess: Any) -> tuple[Any, Any]:
+    """``(per_image, per_batch)``: what workers run on each image, and what finishes a stacked batch on the device.
+
+    A transform with ``to_pixels`` and ``normalize`` (clipkit's default
+    preprocessing) is split there: workers ship uint8 pixels, a quarter of the
+    bytes, and the batch is normalised where the model runs, with the same
+    result bit for bit. Any other transform runs whole per image (``per_batch``
+    is ``None``).
+    """
+    to_pixels, normalize = getattr(preprocess, "to_pixels", None), getattr(preprocess, "normalize", None)
+    if callable(to_pixels) and callable(normalize):
+        return to_pixels, normalize
+    return preprocess, None
+
+
 class Encoder:
     """A loaded model that turns preprocessed images or captions into L2-normalised float32 embeddings.
 
@@ -64,6 +79,7 @@ class Encoder:
         import clipkit
 
         self.model, self.preprocess = clipkit.load(model, device=device, dtype=dtype, **dict(load_kwargs or {}))
+        self.per_image, self._finish = split_preprocess(self.preprocess)
         self.model.eval()
         first = next(self.model.parameters())
         self.device, self.dtype = first.device, first.dtype
@@ -84,7 +100,13 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[n, 3, H, W]`` preprocessed images → ``[n, dim]`` normalised float32 embeddings (on the model's device)."""
+        """``[n, 3, H, W]`` images → ``[n, dim]`` normalised float32 embeddings (on the model's device).
+
+        ``pixels`` are preprocessed floats, or uint8 from ``per_image`` (then
+        normalised here, on the model's device).
+        """
+        if pixels.dtype == torch.uint8 and self._finish is not None:
+            pixels = self._finish(pixels.to(self.device, non_blocking=True))
         features = self.model.encode_image(pixels.to(self.device, self.dtype, non_blocking=True))
         return F.normalize(features.float(), dim=-1)
 

@@ -19,9 +19,31 @@ from clipkit.batch.images import Transform, load_pixels
 from clipkit.batch.sources import Inputs
 
 
-def default_workers() -> int:
-    """Worker processes when none are asked for: one per CPU core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(device: torch.device | None = None) -> int:
+    """Worker processes when none are asked for: one per core (at most 8) when the model runs on an accelerator;
+    on the CPU, where the model needs cores too, half of them (at least one)."""
+    cores = usable_cores()
+    if device is not None and device.type == "cpu":
+        return max(1, min(8, cores // 2))
+    return max(1, min(8, cores))
+
+
+def model_threads(workers: int, threads: int | None) -> int:
+    """Torch threads for a model on the CPU: ``threads`` if given, else the cores the workers leave (at least one).
+
+    Torch's default, one thread per core, oversubscribes the cores the
+    DataLoader workers decode on: an OpenMP thread spinning while its peer is
+    descheduled costs more than the thread gains.
+    """
+    return threads if threads is not None else max(1, usable_cores() - workers)
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -67,6 +89,22 @@ def encode_batch(encoder: Encoder, kind: str, payload: Any, errors: Sequence[str
     return {"embeddings": embeddings, "labels": labels, "scores": scores, "score_kind": encoder.score_kind}
 
 
+def warm_transform(transform: Transform) -> None:
+    """Run ``transform`` once on a tiny image in this process before the workers start.
+
+    The default preprocessing imports PIL and torchvision (a second or more of
+    CPU) and builds its pipeline on first use; done here, forked workers
+    inherit both instead of each paying for them. A transform that fails on
+    the dummy image is left to fail, per input, in the workers.
+    """
+    from PIL import Image
+
+    try:
+        transform(Image.new("RGB", (16, 16)))
+    except Exception:  # noqa: BLE001 - only a warm-up: real inputs report their own failures
+        pass
+
+
 def shard_aligned_batches(assembler: ShardAssembler, batch_size: int) -> list[list[int]]:
     """Positions in ``pending_indices`` cut into batches that never straddle two shards.
 
@@ -83,16 +121,35 @@ def shard_aligned_batches(assembler: ShardAssembler, batch_size: int) -> list[li
 
 
 def run_local(encoder: Encoder, inputs: Inputs, assembler: ShardAssembler, *, batch_size: int,
-              workers: int | None, progress: bool) -> None:
-    """Compute every pending input of ``assembler`` with ``encoder``, ``workers`` processes preparing the batches."""
+              workers: int | None, progress: bool, threads: int | None = None) -> None:
+    """Compute every pending input of ``assembler`` with ``encoder``, ``workers`` processes preparing the batches.
+
+    On the CPU the model runs on ``model_threads(workers, threads)`` torch
+    threads for the run (the process's setting is restored after).
+    """
+    workers = default_workers(encoder.device) if workers is None else workers
+    if inputs.kind == "text":
+        workers = 0  # captions need no decoding: worker processes would only add start-up time
+    if encoder.device.type != "cpu":
+        _run_batches(encoder, inputs, assembler, batch_size=batch_size, workers=workers, progress=progress)
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(model_threads(workers, threads))
+    try:
+        _run_batches(encoder, inputs, assembler, batch_size=batch_size, workers=workers, progress=progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_batches(encoder: Encoder, inputs: Inputs, assembler: ShardAssembler, *, batch_size: int, workers: int,
+                 progress: bool) -> None:
     from tqdm.auto import tqdm
 
     indices = assembler.pending_indices()
-    workers = default_workers() if workers is None else workers
-    if inputs.kind == "text":
-        workers = 0  # captions need no decoding: worker processes would only add start-up time
+    if workers and inputs.kind == "image":
+        warm_transform(encoder.per_image)
     loader = torch.utils.data.DataLoader(
-        InputDataset(inputs, indices, encoder.preprocess), batch_sampler=shard_aligned_batches(assembler, batch_size),
+        InputDataset(inputs, indices, encoder.per_image), batch_sampler=shard_aligned_batches(assembler, batch_size),
         num_workers=workers,
         collate_fn=collate, pin_memory=encoder.device.type == "cuda",
         prefetch_factor=4 if workers else None,

@@ -167,7 +167,8 @@ def run_ray(inputs: Inputs, assembler: ShardAssembler, options: Any, *, labels: 
         compute, device = _actors(ray, options)
         constructor = dict(model=options.model, device=device, dtype=options.dtype, load_kwargs=options.load_kwargs,
                            labels=labels, templates=templates, top_k=top_k,
-                           threads=max(1, int(compute.get("num_cpus", 0))) if device == "cpu" else None)
+                           threads=(options.threads or max(1, int(compute.get("num_cpus", 0))))
+                           if device == "cpu" else None)
         if inputs.kind == "text":
             dataset = ray.data.from_items([{"index": i, "text": inputs.items[i]} for i in indices])
             by_key = {i: [i] for i in indices}

@@ -111,6 +111,36 @@ class CLIPPreprocess:
         """Preprocess one PIL image into a ``[3, height, width]`` float32 tensor."""
         return self.compose(image)
 
+    def to_pixels(self, image: Any) -> torch.Tensor:
+        """The first part of ``__call__``: fit the PIL image and make it RGB, as a ``[3, height, width]`` uint8 tensor.
+
+        ``normalize(to_pixels(image))`` equals ``self(image)`` bit for bit. A
+        batch engine ships these bytes (a quarter of the floats) and normalises
+        whole batches where the model runs.
+        """
+        import numpy as np
+        import torch
+
+        *fit, _to_tensor, _normalize = self.compose.transforms
+        for step in fit:
+            image = step(image)
+        return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The rest of ``__call__`` for uint8 pixels ``[..., 3, height, width]`` from ``to_pixels``, on their device.
+
+        The same operations as torchvision's ``ToTensor`` and ``Normalize``, so
+        each value is the same float: scale to [0, 1] in the default float
+        dtype, subtract the mean, divide by the std.
+        """
+        import torch
+
+        dtype = torch.get_default_dtype()
+        scaled = pixels.to(dtype=dtype).div(255)
+        mean = torch.as_tensor(self.mean, dtype=dtype, device=scaled.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=dtype, device=scaled.device).view(-1, 1, 1)
+        return scaled.sub_(mean).div_(std)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("compose", "resolution", "mean", "std", "fitting"):
             raise AttributeError(name)  # not yet set (unpickling) or private: never build for these

@@ -37,7 +37,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     storage_options = _storage_options(args.storage_option)
     same_store = _protocol(args.out) is not None and _protocol(args.out) == _protocol(args.source)
     return dict(model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                workers=args.workers, shard_size=args.shard_size, engine=args.engine, address=args.address,
+                workers=args.workers, threads=args.threads, shard_size=args.shard_size, engine=args.engine, address=args.address,
                 actors=args.actors, progress=False if args.quiet else None, download_root=args.download_root,
                 column=args.column, id_column=args.id_column, storage_options=storage_options,
                 dest_storage_options=storage_options if same_store else {})
@@ -85,7 +85,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model precision (default: fp16 on CUDA)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per model call (default: 64)")
-    p.add_argument("--workers", type=int, help="DataLoader processes decoding images (default: one per core, up to 8)")
+    p.add_argument("--workers", type=int,
+                   help="DataLoader processes decoding images (default: one per core up to 8; half the cores on --device cpu)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads for the model on the CPU (default: the cores the workers leave, at least 1)")
     p.add_argument("--shard-size", type=int, default=10_000, help="inputs per output shard (default: 10000)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or ray (clipkit[ray])")
     p.add_argument("--address", help="with --engine ray: the cluster to join (default: start a local Ray instance)")
