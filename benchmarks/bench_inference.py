@@ -143,16 +143,21 @@ def throughput(models: dict, method: str, batches: dict[int, torch.Tensor], devi
     return result
 
 
-def agreement(models: dict, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
-    """Largest |difference| of each implementation's image and text features from clipkit's."""
+def agreement(models: dict, images: torch.Tensor, tokens: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+    """Largest |difference| of each implementation's image and text features from clipkit's: absolute, and
+    relative to the largest |feature| (random weights give features far larger than trained ones)."""
+    absolute, relative = {}, {}
     with torch.inference_mode():
         ref_i = models["clipkit"].encode_image(images).float()
         ref_t = models["clipkit"].encode_text(tokens).float()
-        return {
-            impl: max((m.encode_image(images).float() - ref_i).abs().max().item(),
-                      (m.encode_text(tokens).float() - ref_t).abs().max().item())
-            for impl, m in models.items() if impl != "clipkit"
-        }
+        for impl, m in models.items():
+            if impl == "clipkit":
+                continue
+            gaps = ((m.encode_image(images).float() - ref_i).abs().max().item(),
+                    (m.encode_text(tokens).float() - ref_t).abs().max().item())
+            absolute[impl] = max(gaps)
+            relative[impl] = max(gaps[0] / ref_i.abs().max().item(), gaps[1] / ref_t.abs().max().item())
+    return absolute, relative
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device, sizes: list[int]) -> list[dict]:
@@ -167,9 +172,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, sizes
     preprocess = built["clipkit"][1]
     pixels = torch.stack([preprocess(image) for image in photos()]).to(device)
     tokens = clipkit.tokenize(list(PROMPTS)).to(device)
-    diffs = agreement(models, pixels[:4], tokens[:4])
+    diffs, relative = agreement(models, pixels[:4], tokens[:4])
     print(f"{name} on {device}: max |features - clipkit's| " +
-          ", ".join(f"{impl} {d:.2e}" for impl, d in diffs.items()), file=sys.stderr)
+          ", ".join(f"{impl} {d:.2e} ({relative[impl]:.1e} of the largest feature)" for impl, d in diffs.items()),
+          file=sys.stderr)
 
     def repeat(batch: torch.Tensor, size: int) -> torch.Tensor:
         return batch[torch.arange(size) % len(batch)].contiguous()
@@ -184,7 +190,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, sizes
         for size in sizes:
             records.append({"model": name, "device": f"{device.type} {dtype}", "call": what, "batch": size,
                             "items_per_s": {impl: table[impl, size] for impl in impls},
-                            "max_abs_diff": diffs})
+                            "max_abs_diff": diffs, "max_rel_diff": relative})
     return records
 
 
@@ -198,7 +204,8 @@ def throughput_rows(records: list[dict], impls: list[str]) -> list[list[str]]:
         rows.append([r["model"], r["device"], r["call"], r["batch"],
                      *(f"{rates[i]:.1f}" if i in rates else "-" for i in impls),
                      f"{rates['clipkit'] / peers[fastest]:.2f}x ({fastest})" if fastest else "-",
-                     f"{max(r['max_abs_diff'].values()):.1e}" if r["max_abs_diff"] else "-"])
+                     f"{max(r['max_abs_diff'].values()):.1e}" if r["max_abs_diff"] else "-",
+                     f"{max(r['max_rel_diff'].values()):.1e}" if r.get("max_rel_diff") else "-"])
     return rows
 
 
@@ -260,7 +267,7 @@ def main() -> None:
         for name in args.models:
             records += bench_model(name, args, device, sizes)
     headers = ["model", "device", "call", "batch", *(f"{i} /s" for i in args.impls),
-               "clipkit vs fastest peer", "max abs diff"]
+               "clipkit vs fastest peer", "max abs diff", "max rel diff"]
     print(f"### Inference throughput (items/s, median of {args.repeats}; "
           f"torch.set_num_threads({args.threads}))\n")
     print(_common.markdown_table(headers, throughput_rows(records, args.impls)))

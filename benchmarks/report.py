@@ -93,10 +93,10 @@ def inference_section(data: dict) -> str:
 
     impls = ["clipkit", *dict.fromkeys(i for r in data["records"] for i in r["items_per_s"] if i != "clipkit")]
     headers = ["model", "device", "call", "batch", *(f"{i} /s" for i in impls), "clipkit vs fastest peer",
-               "max abs diff"]
+               "max abs diff", "max rel diff"]
     table = _common.markdown_table(headers, bench_inference.throughput_rows(data["records"], impls))
     title = (f"**Inference throughput** (items/s, median of {data['repeats']} interleaved calls, "
-             f"`torch.set_num_threads({data['threads']})`; max abs diff: largest feature difference from clipkit's)")
+             f"`torch.set_num_threads({data['threads']})`; max abs diff: largest feature difference from clipkit's; max rel diff: the same over the largest feature)")
     return f"{title}\n\n{table}\n\n{machine_line(data)}"
 
 

@@ -170,6 +170,8 @@ class ModifiedResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_resolution(x, self.input_resolution)
         x = x.to(self.dtype)
+        if x.device.type == "cpu":  # oneDNN convolves NHWC input ~1.3x faster; the same numbers to float rounding
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))
         x = self.relu3(self.bn3(self.conv3(x)))
