@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -32,10 +32,40 @@ from clipkit.errors import ConfigurationError
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+# -- validators for spec fields (attrs' ``validator=``), for built-in and plugin specs alike -------------
+
+
+def positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """Validator: the field is an ``int`` (not a ``bool``) above zero; else ``ConfigurationError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(
             f"{type(instance).__name__}.{attribute.name} must be a positive int, got {value!r}"
+        )
+
+
+def heads_divide(width_field: str) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """Validator factory for a head count: a positive int that divides the spec's ``width_field``.
+
+    Declare the width field first (attrs validates in declaration order).
+    """
+
+    def check(instance: Any, attribute: attrs.Attribute, heads: Any) -> None:
+        positive_int(instance, attribute, heads)
+        width = getattr(instance, width_field)
+        if width % heads:
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{attribute.name}={heads} does not divide "
+                f"{width_field}={width}; choose a head count that divides the width"
+            )
+
+    return check
+
+
+def epsilon(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """Validator: a number strictly between 0 and 1 (a normalisation epsilon); else ``ConfigurationError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} must be a small positive number, got {value!r}"
         )
 
 
@@ -203,7 +233,7 @@ def _choice(choices: tuple[str, ...]) -> Any:
 
 def _optional_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
-        _positive(instance, attribute, value)
+        positive_int(instance, attribute, value)
 
 
 def _fill(instance: Any, attribute: attrs.Attribute, value: Any) -> None:

@@ -17,22 +17,9 @@ import attrs
 from clipkit.errors import ConfigurationError
 from clipkit.nn.clip import TEXT_POOLS, TEXT_PROJECTIONS
 from clipkit.nn.vit import POOLS
-from clipkit.spec import ArchSpec, _positive
+from clipkit.spec import ArchSpec, epsilon, heads_divide, positive_int
 
 GELU_FORMS: tuple[str, ...] = ("none", "tanh")
-
-
-def _divides(width_field: str):
-    def check(instance: object, attribute: attrs.Attribute, heads: int) -> None:
-        _positive(instance, attribute, heads)
-        width = getattr(instance, width_field)
-        if width % heads:
-            raise ConfigurationError(
-                f"{type(instance).__name__}.{attribute.name}={heads} does not divide "
-                f"{width_field}={width}; choose a head count that divides the width"
-            )
-
-    return check
 
 
 def _boolean(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -50,11 +37,6 @@ def _one_of(choices: tuple[str, ...]):
             )
 
     return check
-
-
-def _epsilon(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be a small positive number, got {value!r}")
 
 
 def _four_times(width_field: str):
@@ -80,16 +62,16 @@ class CLIPSpec(ArchSpec):
     ``none``. ``logit_bias``: the model has a learned bias added to the logits.
     """
 
-    embed_dim: int = attrs.field(validator=_positive)
-    context_length: int = attrs.field(validator=_positive)
-    vocab_size: int = attrs.field(validator=_positive)
-    text_width: int = attrs.field(validator=_positive)
-    text_layers: int = attrs.field(validator=_positive)
-    text_heads: int = attrs.field(validator=_divides("text_width"))
+    embed_dim: int = attrs.field(validator=positive_int)
+    context_length: int = attrs.field(validator=positive_int)
+    vocab_size: int = attrs.field(validator=positive_int)
+    text_width: int = attrs.field(validator=positive_int)
+    text_layers: int = attrs.field(validator=positive_int)
+    text_heads: int = attrs.field(validator=heads_divide("text_width"))
     quick_gelu: bool = attrs.field(default=True, validator=_boolean)
-    text_mlp_width: int = attrs.field(default=_four_times("text_width"), validator=_positive)
+    text_mlp_width: int = attrs.field(default=_four_times("text_width"), validator=positive_int)
     text_layer_scale: bool = attrs.field(default=False, validator=_boolean)
-    text_norm_eps: float = attrs.field(default=1e-5, validator=_epsilon)
+    text_norm_eps: float = attrs.field(default=1e-5, validator=epsilon)
     text_gelu_approximate: str = attrs.field(default="none", validator=_one_of(GELU_FORMS))
     text_causal: bool = attrs.field(default=True, validator=_boolean)
     text_pool: str = attrs.field(default="argmax", validator=_one_of(TEXT_POOLS))
@@ -124,19 +106,19 @@ class ViTSpec(CLIPSpec):
     """
 
     family: str = "vit"
-    vision_width: int = attrs.field(validator=_positive)
-    vision_layers: int = attrs.field(validator=_positive)
-    vision_heads: int = attrs.field(validator=_divides("vision_width"))
-    vision_patch_size: int = attrs.field(validator=_positive)
-    vision_mlp_width: int = attrs.field(default=_four_times("vision_width"), validator=_positive)
+    vision_width: int = attrs.field(validator=positive_int)
+    vision_layers: int = attrs.field(validator=positive_int)
+    vision_heads: int = attrs.field(validator=heads_divide("vision_width"))
+    vision_patch_size: int = attrs.field(validator=positive_int)
+    vision_mlp_width: int = attrs.field(default=_four_times("vision_width"), validator=positive_int)
     vision_layer_scale: bool = attrs.field(default=False, validator=_boolean)
-    vision_norm_eps: float = attrs.field(default=1e-5, validator=_epsilon)
+    vision_norm_eps: float = attrs.field(default=1e-5, validator=epsilon)
     vision_gelu_approximate: str = attrs.field(default="none", validator=_one_of(GELU_FORMS))
     vision_ln_pre: bool = attrs.field(default=True, validator=_boolean)
     vision_pool: str = attrs.field(default="tok", validator=_one_of(POOLS))
     vision_final_ln_after_pool: bool = attrs.field(default=False, validator=_boolean)
     vision_attn_pool_queries: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    vision_attn_pool_heads: int = attrs.field(default=8, validator=_divides("embed_dim"))
+    vision_attn_pool_heads: int = attrs.field(default=8, validator=heads_divide("embed_dim"))
 
     def vision_options(self) -> dict[str, object]:
         """Keyword arguments for ``clipkit.nn.VisionTransformer`` beyond the sizes."""
@@ -165,6 +147,6 @@ class ResNetSpec(CLIPSpec):
     """A CLIP whose image tower is OpenAI's modified ResNet with attention pooling (RN50, RN50x64, ...)."""
 
     family: str = "resnet"
-    vision_width: int = attrs.field(validator=_positive)
+    vision_width: int = attrs.field(validator=positive_int)
     vision_layers: tuple[int, int, int, int] = attrs.field(converter=tuple, validator=_four_stages)
-    vision_heads: int = attrs.field(validator=_positive)
+    vision_heads: int = attrs.field(validator=positive_int)

@@ -16,7 +16,7 @@ import attrs
 
 from clipkit import ArchSpec
 from clipkit.errors import ConfigurationError
-from clipkit.spec import _positive
+from clipkit.spec import epsilon, heads_divide, positive_int
 
 __all__ = ["INTERPOLATIONS", "SiglipSpec", "siglip_heads"]
 
@@ -32,11 +32,6 @@ def _activation(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
             f"{type(instance).__name__}.{attribute.name}={value!r} is not an activation clipkit-siglip runs; "
             f"supported: {', '.join(ACTIVATIONS)}"
         )
-
-
-def _small_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigurationError(f"{type(instance).__name__}.{attribute.name} must be a small positive number, got {value!r}")
 
 
 def _triple(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -56,18 +51,6 @@ def _interpolation(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         raise ConfigurationError(
             f"{type(instance).__name__}.{attribute.name}={value!r} is not one of {', '.join(INTERPOLATIONS)}"
         )
-
-
-def _heads_divide(width_field: str):
-    def check(instance: Any, attribute: attrs.Attribute, heads: int) -> None:
-        _positive(instance, attribute, heads)
-        width = getattr(instance, width_field)
-        if width % heads:
-            raise ConfigurationError(
-                f"{type(instance).__name__}.{attribute.name}={heads} does not divide {width_field}={width}"
-            )
-
-    return check
 
 
 def _squash(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -97,22 +80,22 @@ class SiglipSpec(ArchSpec):
     """
 
     family: str = "siglip"
-    embed_dim: int = attrs.field(validator=_positive)
-    context_length: int = attrs.field(validator=_positive)
-    vocab_size: int = attrs.field(validator=_positive)
-    text_width: int = attrs.field(validator=_positive)
-    text_layers: int = attrs.field(validator=_positive)
-    text_heads: int = attrs.field(validator=_heads_divide("text_width"))
-    text_mlp_width: int = attrs.field(validator=_positive)
-    vision_width: int = attrs.field(validator=_positive)
-    vision_layers: int = attrs.field(validator=_positive)
-    vision_heads: int = attrs.field(validator=_heads_divide("vision_width"))
-    vision_mlp_width: int = attrs.field(validator=_positive)
-    vision_patch_size: int = attrs.field(validator=_positive)
+    embed_dim: int = attrs.field(validator=positive_int)
+    context_length: int = attrs.field(validator=positive_int)
+    vocab_size: int = attrs.field(validator=positive_int)
+    text_width: int = attrs.field(validator=positive_int)
+    text_layers: int = attrs.field(validator=positive_int)
+    text_heads: int = attrs.field(validator=heads_divide("text_width"))
+    text_mlp_width: int = attrs.field(validator=positive_int)
+    vision_width: int = attrs.field(validator=positive_int)
+    vision_layers: int = attrs.field(validator=positive_int)
+    vision_heads: int = attrs.field(validator=heads_divide("vision_width"))
+    vision_mlp_width: int = attrs.field(validator=positive_int)
+    vision_patch_size: int = attrs.field(validator=positive_int)
     text_act: str = attrs.field(default="gelu_pytorch_tanh", validator=_activation)
     vision_act: str = attrs.field(default="gelu_pytorch_tanh", validator=_activation)
-    text_layer_norm_eps: float = attrs.field(default=1e-6, validator=_small_positive)
-    vision_layer_norm_eps: float = attrs.field(default=1e-6, validator=_small_positive)
+    text_layer_norm_eps: float = attrs.field(default=1e-6, validator=epsilon)
+    vision_layer_norm_eps: float = attrs.field(default=1e-6, validator=epsilon)
     image_mean: tuple[float, ...] = attrs.field(default=(0.5, 0.5, 0.5), converter=_floats, validator=_triple)
     image_std: tuple[float, ...] = attrs.field(default=(0.5, 0.5, 0.5), converter=_floats, validator=_triple)
     interpolation: str = attrs.field(default="bicubic", validator=_interpolation)
