@@ -46,7 +46,7 @@ def machine_line(data: dict) -> str:
     m = data["machine"]
     threads = f"{data['threads']} thread(s)" if data.get("threads") else "torch's default threads"
     return (f"Taken {m['date']} on {m['cpu']}, {m['memory']} RAM, GPU: {m['gpu']}; torch {m['torch']}, "
-            f"Python {m['python']}; {threads}; load average at the end {m['load_average']} (shared machine).")
+            f"Python {m['python']}; {threads}; load average at the end {m['load_average']}.")
 
 
 def medians(data: dict) -> dict[tuple[str, str], dict]:
