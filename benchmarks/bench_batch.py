@@ -23,9 +23,12 @@ the wall-clock rate depends on the CPU share the engine gets, the CPU time per
 image does not.
 
 The default model is a small ViT (``--model small``: width 256, 4 layers,
-224 px, 32 px patches) whose encoder costs about as much as decoding, the
-balance a GPU sees with a real model; ``--model ViT-B/32`` runs the real size
-(on a CPU, then, the model dominates and every engine is model-bound).
+224 px, 32 px patches) whose encoder costs about as much as decoding a photo
+on one core. ``--model tiny`` (width 64, 1 layer) costs a fraction of decoding:
+the host side of a GPU run, where the model's share of the CPU is a copy and a
+launch. ``--model ViT-B/32`` runs the real size (on a CPU, then, the model
+dominates and every engine is model-bound). Use enough images to amortise
+the start-up (model load, workers): the default is 1024.
 
 ``--threads`` fixes torch's threads in this process (the naive loop, the
 decode line and the local engine's model); DataLoader workers and Ray's CPU
@@ -33,7 +36,7 @@ actors always use one thread each. On a shared, oversubscribed machine two
 OpenMP threads can make a 5 ms preprocess take 300 ms (a thread spinning on a
 descheduled peer), so compare at ``--threads 1`` there.
 
-Run: ``python benchmarks/bench_batch.py [--images 256] [--workers 1 2] [--actors 1 2] [--model small|ViT-B/32] [--threads 1]``.
+Run: ``python benchmarks/bench_batch.py [--images 1024] [--workers 1 2] [--actors 1 2] [--model small|tiny|ViT-B/32] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--actors", type=int, nargs="*", default=[1, 2])
