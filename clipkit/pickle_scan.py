@@ -54,7 +54,7 @@ def scan_pickle(source: bytes | BinaryIO, *, what: str, file_size: int = 0) -> i
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         stream: io.BytesIO | _Bounded = io.BytesIO(source)
-    elif isinstance(source, io.BytesIO):
+    elif type(source) is io.BytesIO:  # exactly: a subclass could read differently
         stream = source  # in memory already: a read never allocates past what is there
     else:
         stream = _Bounded(source)

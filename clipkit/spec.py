@@ -43,6 +43,9 @@ def positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
+_positive = positive_int  # the name plugins written against clipkit 0.1 imported
+
+
 def heads_divide(width_field: str) -> Callable[[Any, attrs.Attribute, Any], None]:
     """Validator factory for a head count: a positive int that divides the spec's ``width_field``.
 

@@ -161,20 +161,34 @@ def test_a_missing_optional_dependency_names_its_extra(photos, checkpoint, tmp_p
 # -- the CPU split between decoding workers and the model ---------------------------------------------
 
 
-def test_workers_and_model_threads_share_the_cores(monkeypatch):
+def test_the_model_threads_follow_which_side_is_the_bottleneck(monkeypatch):
     from clipkit.batch import local
 
-    monkeypatch.setattr(local, "usable_cores", lambda: 2)
-    assert local.default_workers(torch.device("cpu")) == 1  # the model needs a core too
-    assert local.default_workers(torch.device("cuda")) == 2
-    assert local.model_threads(1, None) == 1 and local.model_threads(2, None) == 1
-    assert local.model_threads(1, 3) == 3  # asked for: as asked
+    monkeypatch.setattr(local, "usable_cores", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        governor = local.ThreadGovernor(workers=1)
+        assert (governor.low, governor.high) == (3, 4) and torch.get_num_threads() == 3
+        governor.after_batch(waited=0.0, computed=1.0)  # the workers keep ahead: the model takes every core
+        assert torch.get_num_threads() == 4
+        governor.after_batch(waited=0.5, computed=1.0)  # the model waits for inputs: leave the workers their cores
+        assert torch.get_num_threads() == 3
+        governor.restore()
+        assert torch.get_num_threads() == 4
+        fixed = local.ThreadGovernor(workers=3, threads=2)
+        fixed.after_batch(waited=0.0, computed=1.0)
+        assert torch.get_num_threads() == 2
+        fixed.after_batch(waited=1.0, computed=1.0)
+        assert torch.get_num_threads() == 2
+        assert local.ThreadGovernor(workers=8).low == 1  # never below one thread
+    finally:
+        torch.set_num_threads(before)
     monkeypatch.setattr(local, "usable_cores", lambda: 64)
-    assert local.default_workers(torch.device("cpu")) == 8 and local.default_workers(torch.device("cuda")) == 8
-    assert local.model_threads(8, None) == 56
+    assert local.default_workers() == 8
 
 
-def test_the_model_runs_on_the_threads_the_workers_leave_and_the_setting_is_restored(
+def test_a_cpu_run_sets_the_model_threads_and_restores_them(
         photos, checkpoint, tmp_path, monkeypatch):
     from clipkit.batch import local
     from clipkit.batch.compute import Encoder
@@ -190,9 +204,10 @@ def test_the_model_runs_on_the_threads_the_workers_leave_and_the_setting_is_rest
 
     monkeypatch.setattr(Encoder, "encode_images", recording)
     monkeypatch.setattr(local, "usable_cores", lambda: 3)
+    monkeypatch.setattr(local.ThreadGovernor, "AHEAD", 0.0)  # never "ahead": the model keeps the cores left to it
     before = torch.get_num_threads()
     batch.embed_images(photos, tmp_path / "a", model=checkpoint, **{**RUN, "workers": 1})
-    assert set(seen[1:]) == {2}  # 3 cores, 1 worker (the first call is Encoder's probe, before the run)
+    assert set(seen[1:]) == {max(1, min(before, 2))}  # 3 cores, 1 worker (the first call is Encoder's probe)
     assert set(shipped[1:]) == {torch.uint8}  # workers ship bytes; the batch is normalised where the model is
     assert torch.get_num_threads() == before
     seen.clear()

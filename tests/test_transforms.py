@@ -79,4 +79,25 @@ def test_pixels_then_normalize_equals_the_whole_transform_bit_for_bit(fitting):
     for image, one in zip(images, pixels):
         assert torch.equal(preprocess.normalize(one), preprocess(image))
     batch = torch.stack(pixels)  # a batch as the engine ships it, finished at once
-    assert torch.equal(preprocess.normalize(batch), torch.stack([preprocess(image) for image in images]))
+    expected = torch.stack([preprocess(image) for image in images])
+    assert torch.equal(preprocess.normalize(batch), expected)
+    # off the CPU the values are looked up in a table computed on the CPU: the lookup itself changes nothing
+    assert torch.equal(preprocess._normalize_by_lookup(batch), expected)
+    assert torch.equal(preprocess._normalize_by_lookup(pixels[0]), expected[0])
+    if torch.cuda.is_available():
+        assert torch.equal(preprocess.normalize(batch.cuda()).cpu(), expected)
+
+
+def test_split_refuses_when_the_halves_would_not_be_the_transform():
+    from torchvision.transforms import Normalize
+
+    preprocess = clip_transform(224)
+    assert preprocess.split() == (preprocess.to_pixels, preprocess.normalize)
+    preprocess.transforms[-1] = Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # edited after it was built
+    assert preprocess.split() is None
+
+    class Flipped(type(preprocess)):
+        def __call__(self, image):
+            return super().__call__(image).flip(-1)
+
+    assert Flipped(224, preprocess.mean, preprocess.std).split() is None

@@ -52,16 +52,15 @@ def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
 def split_preprocess(preprocess: Any) -> tuple[Any, Any]:
     """``(per_image, per_batch)``: what workers run on each image, and what finishes a stacked batch on the device.
 
-    A transform with ``to_pixels`` and ``normalize`` (clipkit's default
-    preprocessing) is split there: workers ship uint8 pixels, a quarter of the
-    bytes, and the batch is normalised where the model runs, with the same
-    result bit for bit. Any other transform runs whole per image (``per_batch``
-    is ``None``).
+    A transform whose ``split()`` returns its two halves (clipkit's default
+    preprocessing, see ``CLIPPreprocess.split``) is split there: workers ship
+    uint8 pixels, a quarter of the bytes, and the batch is normalised where
+    the model runs, with the same result bit for bit. Any other transform runs
+    whole per image (``per_batch`` is ``None``).
     """
-    to_pixels, normalize = getattr(preprocess, "to_pixels", None), getattr(preprocess, "normalize", None)
-    if callable(to_pixels) and callable(normalize):
-        return to_pixels, normalize
-    return preprocess, None
+    split = getattr(type(preprocess), "split", None)
+    halves = split(preprocess) if callable(split) else None
+    return halves if halves is not None else (preprocess, None)
 
 
 class Encoder:

@@ -27,23 +27,43 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(device: torch.device | None = None) -> int:
-    """Worker processes when none are asked for: one per core (at most 8) when the model runs on an accelerator;
-    on the CPU, where the model needs cores too, half of them (at least one)."""
-    cores = usable_cores()
-    if device is not None and device.type == "cpu":
-        return max(1, min(8, cores // 2))
-    return max(1, min(8, cores))
+def default_workers() -> int:
+    """Worker processes when none are asked for: one per core, at most 8."""
+    return max(1, min(8, usable_cores()))
 
 
-def model_threads(workers: int, threads: int | None) -> int:
-    """Torch threads for a model on the CPU: ``threads`` if given, else the cores the workers leave (at least one).
+class ThreadGovernor:
+    """Torch threads for a model on the CPU during a run, chosen again after every batch.
 
-    Torch's default, one thread per core, oversubscribes the cores the
-    DataLoader workers decode on: an OpenMP thread spinning while its peer is
-    descheduled costs more than the thread gains.
+    While the model waits for batches (decoding is the bottleneck), it runs
+    on the cores the workers leave (``low``): torch's default, one thread per
+    core, would make its OpenMP threads spin against the workers. While the
+    workers keep ahead (the model is the bottleneck; they sleep on a full
+    queue), it runs on all of torch's threads (``high``). ``threads`` fixes
+    both. ``restore`` puts back the process's setting.
     """
-    return threads if threads is not None else max(1, usable_cores() - workers)
+
+    #: a batch that waited less than this share of its compute time counts as "the workers keep ahead"
+    AHEAD = 0.05
+
+    def __init__(self, workers: int, threads: int | None = None) -> None:
+        self.before = torch.get_num_threads()
+        self.high = threads or self.before
+        self.low = threads or max(1, min(self.before, usable_cores() - workers))
+        self.current = 0
+        self.use(self.low)
+
+    def use(self, count: int) -> None:
+        if count != self.current:
+            torch.set_num_threads(count)
+            self.current = count
+
+    def after_batch(self, waited: float, computed: float) -> None:
+        """Choose the threads for the next batch from how long this one waited for its inputs and took to compute."""
+        self.use(self.high if waited < self.AHEAD * computed else self.low)
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.before)
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -124,29 +144,36 @@ def run_local(encoder: Encoder, inputs: Inputs, assembler: ShardAssembler, *, ba
               workers: int | None, progress: bool, threads: int | None = None) -> None:
     """Compute every pending input of ``assembler`` with ``encoder``, ``workers`` processes preparing the batches.
 
-    On the CPU the model runs on ``model_threads(workers, threads)`` torch
-    threads for the run (the process's setting is restored after).
+    On the CPU the model's torch threads follow a ``ThreadGovernor`` (or
+    ``threads``, when given) for the run; the process's setting is restored after.
     """
-    workers = default_workers(encoder.device) if workers is None else workers
+    workers = default_workers() if workers is None else workers
     if inputs.kind == "text":
         workers = 0  # captions need no decoding: worker processes would only add start-up time
-    if encoder.device.type != "cpu":
-        _run_batches(encoder, inputs, assembler, batch_size=batch_size, workers=workers, progress=progress)
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(model_threads(workers, threads))
+    governor = ThreadGovernor(workers, threads) if encoder.device.type == "cpu" else None
     try:
-        _run_batches(encoder, inputs, assembler, batch_size=batch_size, workers=workers, progress=progress)
+        _run_batches(encoder, inputs, assembler, batch_size=batch_size, workers=workers, progress=progress,
+                     governor=governor)
     finally:
-        torch.set_num_threads(before)
+        if governor is not None:
+            governor.restore()
+
+
+def _forks() -> bool:
+    """Whether DataLoader workers start by ``fork`` (and so inherit what this process imported)."""
+    import multiprocessing
+
+    return (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"
 
 
 def _run_batches(encoder: Encoder, inputs: Inputs, assembler: ShardAssembler, *, batch_size: int, workers: int,
-                 progress: bool) -> None:
+                 progress: bool, governor: ThreadGovernor | None) -> None:
+    import time
+
     from tqdm.auto import tqdm
 
     indices = assembler.pending_indices()
-    if workers and inputs.kind == "image":
+    if workers and inputs.kind == "image" and _forks():
         warm_transform(encoder.per_image)
     loader = torch.utils.data.DataLoader(
         InputDataset(inputs, indices, encoder.per_image), batch_sampler=shard_aligned_batches(assembler, batch_size),
@@ -156,9 +183,18 @@ def _run_batches(encoder: Encoder, inputs: Inputs, assembler: ShardAssembler, *,
     )
     unit = "img" if inputs.kind == "image" else "text"
     with tqdm(total=len(indices), unit=unit, desc="clipkit", disable=not progress, smoothing=0.05) as bar:
-        for batch_indices, payload, errors in loader:
+        batches = iter(loader)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            ready = time.perf_counter()
+            batch_indices, payload, errors = batch
             result = encode_batch(encoder, inputs.kind, payload, errors)
             assembler.add(batch_indices, result.pop("embeddings"), errors, **result)
+            if governor is not None:
+                governor.after_batch(ready - started, time.perf_counter() - ready)
             bar.update(len(batch_indices))
             if assembler.errors:
                 bar.set_postfix(errors=len(assembler.errors), refresh=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clipkit.hookspecs import hookimpl
@@ -111,34 +112,70 @@ class CLIPPreprocess:
         """Preprocess one PIL image into a ``[3, height, width]`` float32 tensor."""
         return self.compose(image)
 
+    def split(self) -> tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
+        """``(to_pixels, normalize)``, whose composition equals ``self(image)`` bit for bit, or ``None``.
+
+        A batch engine runs ``to_pixels`` per image in its workers (uint8: a
+        quarter of the bytes to ship) and ``normalize`` per batch where the
+        model is. ``None`` when the halves would not be this transform: a
+        subclass that changes ``__call__``, or a pipeline whose last steps
+        were changed after it was built.
+        """
+        if type(self).__call__ is not CLIPPreprocess.__call__:
+            return None
+        if "compose" in self.__dict__:  # built, so perhaps edited: the halves assume ToTensor, Normalize last
+            from torchvision.transforms import Normalize, ToTensor
+
+            steps = self.compose.transforms
+            if (len(steps) < 2 or type(steps[-2]) is not ToTensor or type(steps[-1]) is not Normalize
+                    or tuple(steps[-1].mean) != self.mean or tuple(steps[-1].std) != self.std):
+                return None
+        return self.to_pixels, self.normalize
+
     def to_pixels(self, image: Any) -> torch.Tensor:
         """The first part of ``__call__``: fit the PIL image and make it RGB, as a ``[3, height, width]`` uint8 tensor.
 
-        ``normalize(to_pixels(image))`` equals ``self(image)`` bit for bit. A
-        batch engine ships these bytes (a quarter of the floats) and normalises
-        whole batches where the model runs.
+        ``normalize(to_pixels(image))`` equals ``self(image)`` bit for bit (see ``split``).
         """
         import numpy as np
         import torch
 
-        *fit, _to_tensor, _normalize = self.compose.transforms
-        for step in fit:
+        for step in self.compose.transforms[:-2]:  # everything before ToTensor and Normalize
             image = step(image)
         return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """The rest of ``__call__`` for uint8 pixels ``[..., 3, height, width]`` from ``to_pixels``, on their device.
 
-        The same operations as torchvision's ``ToTensor`` and ``Normalize``, so
-        each value is the same float: scale to [0, 1] in the default float
-        dtype, subtract the mean, divide by the std.
+        On the CPU: the same operations as torchvision's ``ToTensor`` and
+        ``Normalize`` (scale to [0, 1] in the default float dtype, subtract
+        the mean, divide by the std), so each value is the same float. On
+        another device a kernel may round differently (CUDA divides by a
+        scalar through its reciprocal), so there the 256 values each channel
+        can take are computed that way on the CPU once and looked up.
         """
+        import torch
+
+        if pixels.device.type == "cpu":
+            return self._normalize_on_cpu(pixels)
+        return self._normalize_by_lookup(pixels)
+
+    def _normalize_by_lookup(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        table = self._normalize_on_cpu(torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)).view(3, 256)
+        table = table.to(pixels.device)
+        flat = pixels.reshape(*pixels.shape[:-2], -1).long()  # [..., 3, height * width]
+        values = torch.gather(table.expand(*flat.shape[:-1], 256), -1, flat)
+        return values.view(pixels.shape)
+
+    def _normalize_on_cpu(self, pixels: torch.Tensor) -> torch.Tensor:
         import torch
 
         dtype = torch.get_default_dtype()
         scaled = pixels.to(dtype=dtype).div(255)
-        mean = torch.as_tensor(self.mean, dtype=dtype, device=scaled.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=dtype, device=scaled.device).view(-1, 1, 1)
+        mean = torch.as_tensor(self.mean, dtype=dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=dtype).view(-1, 1, 1)
         return scaled.sub_(mean).div_(std)
 
     def __getattr__(self, name: str) -> Any:
