@@ -161,26 +161,35 @@ def test_a_missing_optional_dependency_names_its_extra(photos, checkpoint, tmp_p
 # -- the CPU split between decoding workers and the model ---------------------------------------------
 
 
-def test_the_model_threads_follow_which_side_is_the_bottleneck(monkeypatch):
+def test_the_model_threads_are_the_setting_measured_faster(monkeypatch):
     from clipkit.batch import local
 
     monkeypatch.setattr(local, "usable_cores", lambda: 4)
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
+        def run(governor, seconds_per_batch):
+            """Feed batches whose time depends on the threads in use; return the threads used for each."""
+            used = []
+            for _ in range(2 * governor.RETRY):
+                used.append(torch.get_num_threads())
+                governor.after_batch(32, seconds_per_batch[torch.get_num_threads()])
+            return used
+
         governor = local.ThreadGovernor(workers=1)
         assert (governor.low, governor.high) == (3, 4) and torch.get_num_threads() == 3
-        governor.after_batch(waited=0.0, computed=1.0)  # the workers keep ahead: the model takes every core
-        assert torch.get_num_threads() == 4
-        governor.after_batch(waited=0.5, computed=1.0)  # the model waits for inputs: leave the workers their cores
-        assert torch.get_num_threads() == 3
+        used = run(governor, {3: 1.0, 4: 0.5})  # the model is the bottleneck: every thread helps
+        assert used[1:3] == [3] * 2 and used[3:5] == [4] * 2  # one trial each (after the first batch)
+        assert used[7:] .count(4) > 0.85 * len(used[7:])  # then the faster, trying the other now and then
         governor.restore()
         assert torch.get_num_threads() == 4
+
+        used = run(local.ThreadGovernor(workers=1), {3: 0.5, 4: 1.0})  # threads spinning against the workers
+        assert used[7:].count(3) > 0.85 * len(used[7:])
+        torch.set_num_threads(4)
+
         fixed = local.ThreadGovernor(workers=3, threads=2)
-        fixed.after_batch(waited=0.0, computed=1.0)
-        assert torch.get_num_threads() == 2
-        fixed.after_batch(waited=1.0, computed=1.0)
-        assert torch.get_num_threads() == 2
+        assert set(run(fixed, {2: 1.0})) == {2}
         assert local.ThreadGovernor(workers=8).low == 1  # never below one thread
     finally:
         torch.set_num_threads(before)
@@ -204,7 +213,7 @@ def test_a_cpu_run_sets_the_model_threads_and_restores_them(
 
     monkeypatch.setattr(Encoder, "encode_images", recording)
     monkeypatch.setattr(local, "usable_cores", lambda: 3)
-    monkeypatch.setattr(local.ThreadGovernor, "AHEAD", 0.0)  # never "ahead": the model keeps the cores left to it
+    monkeypatch.setattr(local.ThreadGovernor, "TRIAL", 10**6)  # no trial of the other setting in so short a run
     before = torch.get_num_threads()
     batch.embed_images(photos, tmp_path / "a", model=checkpoint, **{**RUN, "workers": 1})
     assert set(seen[1:]) == {max(1, min(before, 2))}  # 3 cores, 1 worker (the first call is Encoder's probe)

@@ -33,24 +33,29 @@ def default_workers() -> int:
 
 
 class ThreadGovernor:
-    """Torch threads for a model on the CPU during a run, chosen again after every batch.
+    """Torch threads for a model on the CPU during a run: whichever of two settings gives more images per second.
 
-    While the model waits for batches (decoding is the bottleneck), it runs
-    on the cores the workers leave (``low``): torch's default, one thread per
-    core, would make its OpenMP threads spin against the workers. While the
-    workers keep ahead (the model is the bottleneck; they sleep on a full
-    queue), it runs on all of torch's threads (``high``). ``threads`` fixes
-    both. ``restore`` puts back the process's setting.
+    ``low`` is the cores the workers leave; ``high`` is torch's own setting
+    (one thread per core). Which is faster depends on the model: when it costs
+    less than decoding, its extra OpenMP threads spin against the workers and
+    ``low`` wins; when it costs more, the workers sleep on a full queue and
+    ``high`` wins. So the governor measures: it runs ``TRIAL`` batches with
+    each, keeps the one with more images per wall-clock second (waiting for
+    inputs included), and tries the other again every ``RETRY`` batches.
+    ``threads`` fixes the setting. ``restore`` puts back the process's own.
     """
 
-    #: a batch that waited less than this share of its compute time counts as "the workers keep ahead"
-    AHEAD = 0.05
+    TRIAL, RETRY = 2, 50
 
     def __init__(self, workers: int, threads: int | None = None) -> None:
         self.before = torch.get_num_threads()
         self.high = threads or self.before
         self.low = threads or max(1, min(self.before, usable_cores() - workers))
         self.current = 0
+        self.best = self.low
+        self.batches = 0
+        self.started = False
+        self.window: dict[int, list[float]] = {self.low: [0.0, 0.0], self.high: [0.0, 0.0]}
         self.use(self.low)
 
     def use(self, count: int) -> None:
@@ -58,9 +63,28 @@ class ThreadGovernor:
             torch.set_num_threads(count)
             self.current = count
 
-    def after_batch(self, waited: float, computed: float) -> None:
-        """Choose the threads for the next batch from how long this one waited for its inputs and took to compute."""
-        self.use(self.high if waited < self.AHEAD * computed else self.low)
+    def rate(self, count: int) -> float:
+        images, seconds = self.window[count]
+        return images / seconds if seconds else 0.0
+
+    def after_batch(self, images: int, seconds: float) -> None:
+        """Count a batch of ``images`` that took ``seconds`` (waiting for it included); choose the next setting."""
+        if self.low == self.high:
+            return
+        if not self.started:  # the first batch waited for the pipeline to fill: it says nothing about either
+            self.started = True
+            return
+        window = self.window[self.current]
+        window[0] += images
+        window[1] += seconds
+        self.batches += 1
+        phase = self.batches % self.RETRY
+        if phase == self.TRIAL:  # the current best has had its trial: try the other
+            self.use(self.high if self.best == self.low else self.low)
+        elif phase == 2 * self.TRIAL:  # both measured over the same stretch: keep the faster, start afresh
+            self.best = max((self.low, self.high), key=self.rate)
+            self.window = {self.low: [0.0, 0.0], self.high: [0.0, 0.0]}
+            self.use(self.best)
 
     def restore(self) -> None:
         torch.set_num_threads(self.before)
@@ -189,12 +213,11 @@ def _run_batches(encoder: Encoder, inputs: Inputs, assembler: ShardAssembler, *,
             batch = next(batches, None)
             if batch is None:
                 break
-            ready = time.perf_counter()
             batch_indices, payload, errors = batch
             result = encode_batch(encoder, inputs.kind, payload, errors)
             assembler.add(batch_indices, result.pop("embeddings"), errors, **result)
             if governor is not None:
-                governor.after_batch(ready - started, time.perf_counter() - ready)
+                governor.after_batch(len(batch_indices), time.perf_counter() - started)
             bar.update(len(batch_indices))
             if assembler.errors:
                 bar.set_postfix(errors=len(assembler.errors), refresh=False)
