@@ -30,10 +30,11 @@ launch. ``--model ViT-B/32`` runs the real size (on a CPU, then, the model
 dominates and every engine is model-bound). Use enough images to amortise
 the start-up (model load, workers): the default is 1024.
 
-``--threads`` fixes torch's threads in this process (the naive loop, the
-decode line and the local engine's model); DataLoader workers and Ray's CPU
-actors always use one thread each. On a shared, oversubscribed machine two
-OpenMP threads can make a 5 ms preprocess take 300 ms (a thread spinning on a
+``--threads`` fixes torch's threads in this process: the naive loop and the
+decode line, and (it starts from the process's setting) the high end of what
+the local engine's ``ThreadGovernor`` tries. DataLoader workers and Ray's CPU
+actors use one thread each. On a shared, oversubscribed machine two OpenMP
+threads can make a 5 ms preprocess take 300 ms (a thread spinning on a
 descheduled peer), so compare at ``--threads 1`` there.
 
 Run: ``python benchmarks/bench_batch.py [--images 1024] [--workers 1 2] [--actors 1 2] [--model small|tiny|ViT-B/32] [--threads 1]``.

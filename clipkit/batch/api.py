@@ -151,9 +151,9 @@ def embed_images(source: str | os.PathLike[str], dest: str | os.PathLike[str], *
     (L2-normalised float32, fixed size) and ``error`` (why an unreadable image
     was skipped; its embedding is null). Run options: ``device``, ``dtype``
     (``"float16"``...), ``batch_size`` (64), ``workers`` (DataLoader processes
-    decoding images; default one per core up to 8, or half the cores when the
-    model runs on the CPU), ``threads`` (the model's torch threads on the CPU;
-    default the cores the workers leave),
+    decoding images; default one per core, up to 8), ``threads`` (the
+    model's torch threads on the CPU, fixed; by default chosen by measurement
+    between the cores the workers leave and torch's own setting),
     ``shard_size`` (10 000 inputs), ``engine`` (``"local"`` or ``"ray"``, with
     ``address`` and ``actors``), ``progress``; ``download_root``, ``sha256``,
     ``jit`` and ``load_kwargs`` go to ``clipkit.load``. Re-running into the

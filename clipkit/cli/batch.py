@@ -86,9 +86,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model precision (default: fp16 on CUDA)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per model call (default: 64)")
     p.add_argument("--workers", type=int,
-                   help="DataLoader processes decoding images (default: one per core up to 8; half the cores on --device cpu)")
+                   help="DataLoader processes decoding images (default: one per core, up to 8)")
     p.add_argument("--threads", type=int,
-                   help="torch threads for the model on the CPU (default: the cores the workers leave, at least 1)")
+                   help="torch threads for the model on the CPU (default: chosen by measurement, the cores the workers leave or torch's own setting)")
     p.add_argument("--shard-size", type=int, default=10_000, help="inputs per output shard (default: 10000)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or ray (clipkit[ray])")
     p.add_argument("--address", help="with --engine ray: the cluster to join (default: start a local Ray instance)")
